@@ -1,0 +1,65 @@
+# fieldguide: the two set-up commands are `make run` and `make test`; everything else is a convenience.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements.sha256
+CATALOG ?=
+FIELDGUIDE_HOME ?= $(CURDIR)/.fieldguide
+DEMO_DIR := $(FIELDGUIDE_HOME)/demo-catalog
+PYTEST_ARGS ?=
+
+export FIELDGUIDE_HOME
+export ZENML_CONFIG_PATH ?= $(FIELDGUIDE_HOME)/zenml
+export ZENML_ANALYTICS_OPT_IN := false
+export ZENML_ENABLE_RICH_TRACEBACK := false
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_ENABLE_TELEMETRY := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test lint format dashboard mlflow-ui stack-local clean demo
+
+# Reinstall only when requirements.txt changed (its hash is stamped inside the venv).
+install: $(STAMP)
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing requirements into $(VENV) (first time: a few minutes)"
+	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
+	@set -o pipefail; $(PY) -m pip install -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@sha256sum requirements.txt > $(STAMP)
+
+stack-local: install
+	$(PY) run.py --stack local
+
+# The main job on the embedded default: demo catalog (unless CATALOG=...), then every pipeline end to end.
+run: install
+	@$(PY) run.py --stack local
+	@if [ -z "$(CATALOG)" ] && [ ! -f "$(DEMO_DIR)/catalog.csv" ]; then \
+		$(PY) run.py data demo --out "$(DEMO_DIR)"; fi
+	$(PY) run.py --pipeline all --catalog "$(if $(CATALOG),$(CATALOG),$(DEMO_DIR)/catalog.csv)"
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -m "not gpu and not aws" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+dashboard: install
+	$(PY) run.py dashboard
+
+mlflow-ui: install
+	$(PY) run.py mlflow-ui
+
+clean:
+	rm -rf $(FIELDGUIDE_HOME) .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -1,0 +1,3 @@
+"""fieldguide: plain library code for photo-based species identification (no ZenML imports)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""fieldguide's one command line: pipelines, data tools, registry and rollout commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parent
+PIPELINES = ("data", "parent", "child", "all")
+
+
+def _configure_environment() -> None:
+    """Project-local ZenML/MLflow state and no telemetry or hub downloads, unless the caller set otherwise."""
+    state = Path(os.environ.get("FIELDGUIDE_HOME", ROOT / ".fieldguide"))
+    os.environ.setdefault("FIELDGUIDE_HOME", str(state))
+    os.environ.setdefault("ZENML_CONFIG_PATH", str(state / "zenml"))
+    for key, value in {
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "ZENML_ENABLE_RICH_TRACEBACK": "false",
+        "ZENML_LOGGING_VERBOSITY": "INFO",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--pipeline",
+    type=click.Choice(PIPELINES),
+    help="Pipeline to run: data (QA, manifest, shards), parent (router), child (one group), "
+    "all (data, parent, every child).",
+)
+@click.option(
+    "--group", "group", default=None, help="Child pipeline: a plant group name, or 'all' for one run per group."
+)
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Run config YAML (default: configs/<pipeline>.yaml).",
+)
+@click.option(
+    "--stack",
+    "stack",
+    default=None,
+    help="Stack to use: 'local' registers and activates fieldguide-local; any other name is activated.",
+)
+@click.option(
+    "--catalog", "catalog", default=None, help="Catalog CSV, image folder or s3:// URI (overrides the config)."
+)
+@click.option("--no-cache", is_flag=True, help="Run every step even when ZenML has cached outputs.")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    pipeline: str | None,
+    group: str | None,
+    config: str | None,
+    stack: str | None,
+    catalog: str | None,
+    no_cache: bool,
+) -> None:
+    r"""fieldguide: raw image catalog → tested two-stage species classifier.
+
+    \b
+    Examples:
+      python run.py --stack local                      register and activate the local stack
+      python run.py --pipeline data --catalog cat.csv  QA, version and shard a catalog
+      python run.py --pipeline child --group succulents
+      python run.py data qa cat.csv --json             QA outside any pipeline
+    """
+    ctx.ensure_object(dict)
+    if stack:
+        from stacks import activate_stack
+
+        name = activate_stack(stack)
+        click.echo(f"active stack: {name}", err=True)
+    if ctx.invoked_subcommand is not None:
+        if pipeline:
+            raise click.UsageError("--pipeline cannot be combined with a subcommand")
+        return
+    if pipeline is None:
+        if stack:
+            return
+        click.echo(ctx.get_help())
+        return
+    from pipelines.runner import run_pipeline
+
+    run_pipeline(ROOT, pipeline, group=group, config=config, catalog=catalog, no_cache=no_cache)
+
+
+@cli.group()
+def data() -> None:
+    """Data tools outside any pipeline: demo catalog, QA, manifests."""
+
+
+@data.command("demo")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write the catalog into.")
+@click.option(
+    "--groups", default="succulents,ferns,flowers,grasses", show_default=True, help="Comma-separated plant groups."
+)
+@click.option("--species-per-group", type=click.IntRange(2, 8), default=5, show_default=True)
+@click.option("--images-per-species", type=click.IntRange(1), default=60, show_default=True)
+@click.option("--size", type=click.IntRange(16, 1024), default=96, show_default=True, help="Image side in pixels.")
+@click.option(
+    "--bad-fraction", type=click.FloatRange(0, 0.5), default=0.03, show_default=True, help="Share of planted bad rows."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_demo(
+    out: str, groups: str, species_per_group: int, images_per_species: int, size: int, bad_fraction: float, seed: int
+) -> None:
+    """Generate the procedural demo catalog (images, catalog.csv, taxonomy.yaml, bad_rows.csv)."""
+    from fieldguide.demo import generate
+
+    names = [g.strip() for g in groups.split(",") if g.strip()]
+    if len(names) < 1:
+        raise click.UsageError("--groups needs at least one group name")
+    res = generate(Path(out), names, species_per_group, images_per_species, size, bad_fraction, seed)
+    click.echo(f"wrote {res.good} images and {res.bad} planted bad rows: {res.catalog} (taxonomy: {res.taxonomy})")
+
+
+@data.command("qa")
+@click.argument("catalog")
+@click.option("--taxonomy", default=None, help="Taxonomy YAML (default: taxonomy.yaml beside the catalog, if any).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Data config with the QA rules (default: configs/data.yaml).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary with every rejected row.")
+def data_qa(catalog: str, taxonomy: str | None, config: str | None, as_json: bool) -> None:
+    """Run QA on CATALOG (CSV, image folder or s3:// URI) and report valid images and rejections."""
+    import json
+
+    from fieldguide.config import load_data_config
+    from fieldguide.reports import qa_catalog, render_qa_text
+
+    cfg = load_data_config(config or ROOT / "configs" / "data.yaml")
+    result, version = qa_catalog(catalog, taxonomy, cfg.rules, progress=not as_json)
+    if as_json:
+        payload = {
+            "valid": len(result.valid),
+            "rejected": result.reason_counts(),
+            "rows": [
+                {"uri": r.uri, "line": r.line, "label": r.label, "reason": r.reason, "detail": r.detail}
+                for r in result.rejected
+            ],
+            "warnings": result.warnings,
+            "dataset_version": version,
+        }
+        click.echo(json.dumps(payload, indent=1))
+    else:
+        render_qa_text(result, version)
+
+
+@data.command("recreate")
+@click.argument("manifest")
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Folder to rebuild the dataset version in."
+)
+def data_recreate(manifest: str, out: str) -> None:
+    """Rebuild the dataset version of MANIFEST in OUT, verifying every sha256; exit 1 naming changed files."""
+    from fieldguide.manifest import Manifest, recreate
+
+    m = Manifest.load(manifest)
+    res = recreate(m, Path(out))
+    for uri in res.changed:
+        click.echo(f"changed: {uri}", err=True)
+    for uri in res.vanished:
+        click.echo(f"vanished: {uri}", err=True)
+    click.echo(f"{m.dataset_version}: {res.written} of {len(m.images)} images rebuilt in {out}")
+    if not res.ok:
+        click.echo(f"error: {len(res.changed)} changed and {len(res.vanished)} vanished source files", err=True)
+        sys.exit(1)
+
+
+@data.command("diff")
+@click.argument("a")
+@click.argument("b")
+def data_diff(a: str, b: str) -> None:
+    """List rows added, removed, relabelled or changed between manifests A and B."""
+    from fieldguide.manifest import Manifest, diff
+
+    ma, mb = Manifest.load(a), Manifest.load(b)
+    d = diff(ma, mb)
+    click.echo(f"{ma.dataset_version} → {mb.dataset_version}")
+    for img in d.added:
+        click.echo(f"added      {img.uri}  {img.label} ({img.group})")
+    for img in d.removed:
+        click.echo(f"removed    {img.uri}  {img.label} ({img.group})")
+    for x, y in d.relabelled:
+        click.echo(f"relabelled {x.uri}  {x.label} ({x.group}) → {y.label} ({y.group})")
+    for x, _ in d.content_changed:
+        click.echo(f"changed    {x.uri}  content differs")
+    if d.empty:
+        click.echo("no differences")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors become one line on stderr and exit code 2."""
+    _configure_environment()
+    sys.path.insert(0, str(ROOT))
+    from fieldguide.errors import FieldguideError
+
+    try:
+        cli.main(args=argv, prog_name="run.py", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return 2
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except FieldguideError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""ZenML materializers for fieldguide's artifacts: JSON (never pickle), with visualizations and metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from typing import Any, ClassVar
+
+from zenml.enums import ArtifactType, VisualizationType
+from zenml.materializers.base_materializer import BaseMaterializer
+
+from fieldguide.catalog import CatalogSnapshot
+from fieldguide.manifest import Manifest
+from fieldguide.qa import QAResult, ValidImages
+from fieldguide.reports import qa_html
+from fieldguide.shards import SPLITS, ShardSet
+
+
+class JsonMaterializer(BaseMaterializer):
+    """Stores a dataclass with to_dict/from_dict as one JSON file; content-hashed for ZenML's cache."""
+
+    SKIP_REGISTRATION: ClassVar[bool] = True
+    FILENAME: ClassVar[str] = "data.json"
+
+    def encode(self, data: Any) -> dict[str, Any]:
+        """Object → JSON-able dict."""
+        return data.to_dict()
+
+    def decode(self, data_type: type[Any], payload: dict[str, Any]) -> Any:
+        """JSON-able dict → object."""
+        return data_type.from_dict(payload)
+
+    def load(self, data_type: type[Any]) -> Any:
+        """Read the JSON file from the artifact store."""
+        with self.artifact_store.open(os.path.join(self.uri, self.FILENAME), "r") as fh:
+            return self.decode(data_type, json.load(fh))
+
+    def save(self, data: Any) -> None:
+        """Write the JSON file into the artifact store."""
+        with self.artifact_store.open(os.path.join(self.uri, self.FILENAME), "w") as fh:
+            json.dump(self.encode(data), fh, indent=1)
+
+    def compute_content_hash(self, data: Any) -> str | None:
+        """Hash of the JSON form, so equal content hits the cache even from another run."""
+        return hashlib.sha256(json.dumps(self.encode(data), sort_keys=True).encode()).hexdigest()
+
+    def _write_text(self, name: str, text: str) -> str:
+        uri = os.path.join(self.uri, name)
+        with self.artifact_store.open(uri, "w") as fh:
+            fh.write(text)
+        return uri
+
+
+class CatalogSnapshotMaterializer(JsonMaterializer):
+    """catalog_rows: the ingested catalog rows."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (CatalogSnapshot,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+    FILENAME: ClassVar[str] = "catalog.json"
+
+    def extract_metadata(self, data: CatalogSnapshot) -> dict[str, Any]:
+        """Row count and source."""
+        return {"rows": len(data.rows), "source": data.source, "taxonomy": data.taxonomy_source or "(none)"}
+
+
+class ValidImagesMaterializer(JsonMaterializer):
+    """valid_images: what passed QA."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (ValidImages,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+    FILENAME: ClassVar[str] = "valid_images.json"
+
+    def extract_metadata(self, data: ValidImages) -> dict[str, Any]:
+        """Image count."""
+        return {"images": len(data.images), "rules_version": data.rules_version}
+
+
+class QAResultMaterializer(JsonMaterializer):
+    """qa_report: rejections with reasons, and an HTML report with thumbnails."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (QAResult,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+    FILENAME: ClassVar[str] = "qa_report.json"
+
+    def save_visualizations(self, data: QAResult) -> dict[str, VisualizationType]:
+        """The HTML QA report (reason counts, thumbnails of rejected rows)."""
+        from fieldguide.manifest import dataset_version_id
+
+        html = qa_html(data, dataset_version_id(data.valid, data.rules.version))
+        return {self._write_text("qa_report.html", html): VisualizationType.HTML}
+
+    def extract_metadata(self, data: QAResult) -> dict[str, Any]:
+        """Counts per reason."""
+        return {
+            "valid": len(data.valid),
+            "rejected": len(data.rejected),
+            "reasons": data.reason_counts(),
+            "warnings": len(data.warnings),
+        }
+
+
+class ManifestMaterializer(JsonMaterializer):
+    """manifest: the dataset version (manifest.json in the artifact store)."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (Manifest,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+    FILENAME: ClassVar[str] = "manifest.json"
+
+    def load(self, data_type: type[Any]) -> Manifest:
+        """Parse manifest.json."""
+        with self.artifact_store.open(os.path.join(self.uri, self.FILENAME), "r") as fh:
+            return Manifest.from_json(fh.read())
+
+    def save(self, data: Manifest) -> None:
+        """Write manifest.json."""
+        self._write_text(self.FILENAME, data.to_json())
+
+    def encode(self, data: Manifest) -> dict[str, Any]:
+        """JSON form (for the content hash)."""
+        return json.loads(data.to_json()) | {"created": ""}
+
+    def extract_metadata(self, data: Manifest) -> dict[str, Any]:
+        """The dataset version id and counts."""
+        return {
+            "dataset_version": data.dataset_version,
+            "images": data.counts["images"],
+            "species": data.counts["species"],
+            "groups": data.counts["groups"],
+            "manifest_uri": os.path.join(self.uri, self.FILENAME),
+        }
+
+
+class ShardSetMaterializer(JsonMaterializer):
+    """shard_set: the tar shards themselves live in this artifact's folder, next to shardset.json."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (ShardSet,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+    FILENAME: ClassVar[str] = "shardset.json"
+
+    def save(self, data: ShardSet) -> None:
+        """Copy shards into the artifact folder unless the step already wrote them there."""
+        if os.path.normpath(data.location) != os.path.normpath(self.uri):
+            for name in [n for s in SPLITS for n in data.shards[s]] + ["classes.json"]:
+                self.artifact_store.copyfile(
+                    os.path.join(data.location, name), os.path.join(self.uri, name), overwrite=True
+                )
+        super().save(data)
+
+    def load(self, data_type: type[Any]) -> ShardSet:
+        """The shard set, located at this artifact's folder."""
+        shard_set = super().load(data_type)
+        shard_set.location = self.uri
+        return shard_set
+
+    def encode(self, data: ShardSet) -> dict[str, Any]:
+        """JSON form without the (run-specific) location."""
+        return data.to_dict() | {"location": ""}
+
+    def save_visualizations(self, data: ShardSet) -> dict[str, VisualizationType]:
+        """Class histogram per split (PNG)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        species = data.classes.species
+        fig, ax = plt.subplots(figsize=(max(6, len(species) * 0.35), 4))
+        width = 0.27
+        for k, split in enumerate(SPLITS):
+            ax.bar(
+                [i + (k - 1) * width for i in range(len(species))],
+                [data.counts[split].get(s, 0) for s in species],
+                width,
+                label=f"{split} ({data.total(split)})",
+            )
+        ax.set_xticks(range(len(species)), species, rotation=75, ha="right", fontsize=7)
+        ax.set_ylabel("images")
+        ax.set_title(f"{data.dataset_version}: images per species and split")
+        ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        uri = os.path.join(self.uri, "class_histogram.png")
+        with self.artifact_store.open(uri, "wb") as fh:
+            fh.write(buf.getvalue())
+        return {uri: VisualizationType.IMAGE}
+
+    def extract_metadata(self, data: ShardSet) -> dict[str, Any]:
+        """Counts per split and the dataset version id."""
+        meta: dict[str, Any] = {
+            "dataset_version": data.dataset_version,
+            "shards": sum(len(v) for v in data.shards.values()),
+        }
+        meta.update({f"{s}_images": data.total(s) for s in SPLITS})
+        if data.skipped:
+            meta["skipped"] = len(data.skipped)
+        return meta
