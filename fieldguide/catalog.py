@@ -57,10 +57,11 @@ def resolve_uri(uri: str, base: str) -> str:
     return str((Path(base) / uri).resolve())
 
 
-def catalog_dir(source: str) -> str:
-    """The directory that relative URIs in `source` are resolved against."""
+def catalog_dir(source: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The directory that relative URIs in `source` are resolved against (the folder itself for folder catalogs)."""
     if is_remote(source):
-        return source.rsplit("/", 1)[0] if not source.endswith("/") else source.rstrip("/")
+        fs, path = filesystem(source, storage_options)
+        return source.rstrip("/") if fs.isdir(path) else source.rsplit("/", 1)[0]
     p = Path(source)
     return str(p.resolve() if p.is_dir() else p.resolve().parent)
 
@@ -85,7 +86,7 @@ def read_catalog(source: str, storage_options: dict[str, Any] | None = None) -> 
 
 
 def _read_csv(fs: fsspec.AbstractFileSystem, path: str, source: str) -> Iterator[CatalogRow]:
-    base = catalog_dir(source)
+    base = source.rsplit("/", 1)[0] if is_remote(source) else str(Path(source).resolve().parent)
     with fs.open(path, "rb") as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         reader = csv.DictReader(text)
@@ -232,7 +233,7 @@ def load_taxonomy(path: str, storage_options: dict[str, Any] | None = None) -> d
 
 def default_taxonomy(source: str, storage_options: dict[str, Any] | None = None) -> str:
     """taxonomy.yaml beside the catalog when it exists, else ''."""
-    base = catalog_dir(source)
+    base = catalog_dir(source, storage_options)
     candidate = f"{base.rstrip('/')}/taxonomy.yaml"
     fs, path = filesystem(candidate, storage_options)
     return candidate if fs.exists(path) else ""

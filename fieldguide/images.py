@@ -66,7 +66,8 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected("too_many_pixels", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - any header parse failure means the file is unusable
-        raise ImageRejected("corrupt", f"header could not be parsed ({exc})") from None
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageRejected(reason, f"header could not be parsed ({exc})") from None
     fmt = img.format or "unknown"
     if fmt not in limits.allowed_formats:
         raise ImageRejected("format_not_allowed", f"{fmt} is not one of {', '.join(limits.allowed_formats)}")
@@ -79,7 +80,7 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
         img.load()
         rgb = to_rgb(ImageOps.exif_transpose(img))
     except OSError as exc:
-        reason = "truncated" if "truncated" in str(exc).lower() or "broken data" in str(exc).lower() else "corrupt"
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageRejected(reason, f"decoding failed ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - decoder bugs on hostile input must not crash the run
         raise ImageRejected("corrupt", f"decoding failed ({exc})") from None

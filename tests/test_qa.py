@@ -1,0 +1,267 @@
+"""QA: every reason code, demo catalog acceptance, image conversions, folders, manifests, recreate, diff."""
+
+import csv
+import io
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fieldguide.catalog import CatalogRow, read_catalog
+from fieldguide.config import QARules
+from fieldguide.images import ImageLimits, load_rgb, open_checked, to_rgb
+from fieldguide.manifest import Manifest, dataset_version_id
+from fieldguide.qa import REASONS, run_qa
+from fieldguide.reports import qa_catalog, qa_html
+from tests.conftest import run_cli
+
+
+def _jpeg(color=(10, 200, 30), size=(48, 40), **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_planted_bad_rows_get_exactly_their_reason(tmp_path):
+    """Acceptance: every planted bad row rejected with the right reason, no good row rejected."""
+    out = tmp_path / "cat"
+    res = run_cli("data", "demo", "--out", str(out), "--groups", "succulents,ferns", "--species-per-group", "2",
+                  "--images-per-species", "20", "--size", "48", "--bad-fraction", "0.3")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("data", "qa", str(out / "catalog.csv"), "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    planted = {r["uri"]: r["expected_reason"] for r in csv.DictReader((out / "bad_rows.csv").open())}
+    got = {str(Path(r["uri"]).relative_to(out.resolve())): r["reason"] for r in report["rows"]}
+    assert got == planted
+    assert set(planted.values()) >= {"truncated", "empty", "not_an_image", "too_small", "conflicting_duplicate",
+                                     "duplicate", "unknown_label", "missing", "format_not_allowed",
+                                     "too_many_pixels", "rare_class"}
+    assert report["valid"] == 2 * 2 * 20
+    assert sum(report["rejected"].values()) == len(planted)
+    assert report["dataset_version"].startswith("ds-")
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "reason"),
+    [
+        ("empty.jpg", b"", "empty"),
+        ("notes.jpg", b"just text, not pixels\n" * 5, "not_an_image"),
+        ("cut.jpg", _jpeg(size=(200, 200))[:400], "truncated"),
+        ("small.jpg", _jpeg(size=(10, 40)), "too_small"),
+        ("anim.gif", None, "format_not_allowed"),
+        ("bomb.png", None, "too_many_pixels"),
+        ("garbage.png", None, "corrupt"),
+    ],
+)
+def test_file_level_reasons(tmp_path, name, payload, reason):
+    if name == "anim.gif":
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64)).save(buf, "GIF")
+        payload = buf.getvalue()
+    if name == "bomb.png":
+        ihdr = struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
+        payload = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b"")
+    if name == "garbage.png":  # a valid header over data that is not a zlib stream
+        ihdr = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)
+        payload = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"not zlib" * 4) + _chunk(b"IEND", b"")
+    (tmp_path / name).write_bytes(payload)
+    rows = [CatalogRow(2, str(tmp_path / name), "A", "g")]
+    result = run_qa(rows, QARules(min_images_per_species=1, min_side=16), progress=False)
+    assert [r.reason for r in result.rejected] == [reason]
+    assert not result.valid
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def test_row_level_reasons(tmp_path):
+    good = tmp_path / "good.jpg"
+    good.write_bytes(_jpeg())
+    twin = tmp_path / "twin.jpg"
+    twin.write_bytes(_jpeg())
+    other = tmp_path / "other.jpg"
+    other.write_bytes(_jpeg(color=(200, 0, 0)))
+    third = tmp_path / "third.jpg"
+    third.write_bytes(_jpeg(color=(0, 0, 200)))
+    folder = tmp_path / "dir.jpg"
+    folder.mkdir()
+    rows = [
+        CatalogRow(2, str(good), "A", "g"),
+        CatalogRow(3, str(twin), "A", "g"),  # same bytes, same label
+        CatalogRow(4, str(other), "A", "g"),
+        CatalogRow(5, str(other), "B", "g"),  # same bytes as line 4, other label
+        CatalogRow(6, str(tmp_path / "gone.jpg"), "A", "g"),
+        CatalogRow(7, str(folder), "A", "g"),
+        CatalogRow(8, str(third), "A", "h"),  # A is in g elsewhere
+        CatalogRow(9, str(third), "C", ""),
+        CatalogRow(10, str(third), "", "g"),
+    ]
+    result = run_qa(rows, QARules(min_images_per_species=1), progress=False)
+    reasons = {r.line: r.reason for r in result.rejected}
+    assert reasons == {3: "duplicate", 4: "conflicting_duplicate", 5: "conflicting_duplicate", 6: "missing",
+                       7: "unreadable", 8: "group_conflict", 9: "no_group", 10: "unknown_label"}
+    assert [v.line for v in result.valid] == [2]
+
+
+def test_taxonomy_reasons_and_rare_class(tmp_path):
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"{i}.jpg"
+        p.write_bytes(_jpeg(color=(i * 40, 100, 100)))
+        paths.append(str(p))
+    rows = [CatalogRow(2 + i, p, "A", "") for i, p in enumerate(paths[:3])]
+    rows += [CatalogRow(5, paths[3], "B", "other"), CatalogRow(6, paths[3], "Z", "")]
+    tax = {"A": "g", "B": "g"}
+    result = run_qa(rows, QARules(min_images_per_species=2), tax, progress=False)
+    reasons = {r.line: r.reason for r in result.rejected}
+    assert reasons == {5: "group_conflict", 6: "unknown_label"}
+    result = run_qa(rows[:1] + rows[3:4], QARules(min_images_per_species=2), {"A": "g", "B": "other"}, progress=False)
+    assert {r.reason for r in result.rejected} == {"rare_class"}
+    assert any("only 1 species" in w for w in run_qa(rows[:3], QARules(min_images_per_species=1), tax,
+                                                     progress=False).warnings)
+
+
+def test_every_reason_code_is_exercised():
+    """The reason table and the tests above stay in step."""
+    tested = {"empty", "not_an_image", "truncated", "too_small", "format_not_allowed", "too_many_pixels", "corrupt",
+              "duplicate", "conflicting_duplicate", "missing", "unreadable", "group_conflict", "no_group",
+              "unknown_label", "rare_class"}
+    assert tested == set(REASONS)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "L", "P", "RGBA", "LA", "I;16", "RGB"])
+def test_modes_convert_to_rgb(mode):
+    arr = (np.arange(48 * 40 * 3).reshape(40, 48, 3) % 255).astype(np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    if mode == "I;16":
+        src = Image.fromarray((np.arange(48 * 40).reshape(40, 48) * 30).astype(np.uint16))
+        assert src.mode in ("I;16", "I")
+    elif mode == "P":
+        src = img.convert("P", palette=Image.Palette.ADAPTIVE)
+    else:
+        src = img.convert(mode)
+    out = to_rgb(src)
+    assert out.mode == "RGB" and out.size == (48, 40)
+    data = load_rgb(_png(src) if mode != "CMYK" else _jpeg_from(src))
+    assert data.mode == "RGB"
+
+
+def _jpeg_from(img):
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_sixteen_bit_keeps_contrast():
+    src = Image.fromarray(np.array([[0, 65535]], dtype=np.uint16).repeat(40, 0).repeat(24, 1))
+    out = np.asarray(to_rgb(src))
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_exif_orientation_applied():
+    img = Image.new("RGB", (60, 40), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif)
+    assert open_checked(buf.getvalue(), ImageLimits()).size == (40, 60)
+
+
+def test_content_decides_format_not_suffix(tmp_path):
+    p = tmp_path / "photo.gif"
+    p.write_bytes(_jpeg())
+    result = run_qa([CatalogRow(2, str(p), "A", "g")], QARules(min_images_per_species=1), progress=False)
+    assert result.valid and result.valid[0].format == "JPEG"
+
+
+def test_image_folder_catalog(tmp_path):
+    for group, species in [("succulents", "aloe"), ("succulents", "agave"), ("ferns", "osmunda")]:
+        d = tmp_path / group / species
+        d.mkdir(parents=True)
+        for i in range(3):
+            (d / f"{i}.jpg").write_bytes(_jpeg(color=(i * 50, len(species) * 10, 7)))
+    (tmp_path / "README.txt").write_text("not an image")
+    rows = list(read_catalog(str(tmp_path)))
+    assert len(rows) == 9
+    assert {(r.group, r.label) for r in rows} == {("succulents", "aloe"), ("succulents", "agave"), ("ferns", "osmunda")}
+    result, version = qa_catalog(str(tmp_path), None, QARules(min_images_per_species=3), progress=False)
+    assert len(result.valid) == 9 and version.startswith("ds-")
+
+
+def test_process_pool_matches_inline(demo_catalog):
+    rows = list(read_catalog(str(demo_catalog)))
+    from fieldguide.catalog import default_taxonomy, load_taxonomy
+
+    tax = load_taxonomy(default_taxonomy(str(demo_catalog)))
+    pooled = run_qa(rows, QARules(workers=2), tax, progress=False)
+    inline = run_qa(rows, QARules(workers=1), tax, progress=False)
+    assert [(r.line, r.reason) for r in pooled.rejected] == [(r.line, r.reason) for r in inline.rejected]
+    assert dataset_version_id(pooled.valid, "1") == dataset_version_id(inline.valid, "1")
+    assert "<html>" in qa_html(pooled, "ds-x")
+
+
+def _manifest(catalog: Path) -> Manifest:
+    result, _ = qa_catalog(str(catalog), None, QARules(), progress=False)
+    return Manifest.from_qa(result)
+
+
+def test_version_id_stable_and_label_change_is_diffed(tmp_path, demo_catalog):
+    """Acceptance: same catalog twice → same id; one changed label → another id, and `data diff` names the row."""
+    a, b = _manifest(demo_catalog), _manifest(demo_catalog)
+    assert a.dataset_version == b.dataset_version
+    copy = tmp_path / "cat"
+    shutil.copytree(demo_catalog.parent, copy)
+    rows = list(csv.reader((copy / "catalog.csv").open()))
+    victim = next(i for i, r in enumerate(rows) if r[1] == "Aloe vera" and "incoming" not in r[0])
+    rows[victim][1] = "Echeveria elegans"
+    with (copy / "catalog.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    # paths are relative to each catalog, so compare against a manifest of the copy before the change
+    c = _manifest(copy / "catalog.csv")
+    assert c.dataset_version != a.dataset_version
+    pa, pc = tmp_path / "a.json", tmp_path / "c.json"
+    pa.write_text(a.to_json())
+    pc.write_text(c.to_json())
+    original = Manifest.from_json(pa.read_text())
+    for img in original.images:  # re-point a's rows to the copy so that uris are comparable
+        img.uri = img.uri.replace(str(demo_catalog.parent.resolve()), str(copy.resolve()))
+    pa.write_text(original.to_json())
+    res = run_cli("data", "diff", str(pa), str(pc))
+    assert res.returncode == 0, res.stderr
+    changed = [line for line in res.stdout.splitlines() if line.startswith("relabelled")]
+    assert len(changed) == 1 and rows[victim][0].split("/")[-1] in changed[0]
+    assert "Aloe vera" in changed[0] and "Echeveria elegans" in changed[0]
+
+
+def test_recreate_rebuilds_and_names_modified_file(tmp_path, demo_catalog):
+    """Acceptance: recreate after one source image was modified exits non-zero and names it."""
+    copy = tmp_path / "cat"
+    shutil.copytree(demo_catalog.parent, copy)
+    m = _manifest(copy / "catalog.csv")
+    path = tmp_path / "manifest.json"
+    path.write_text(m.to_json())
+    ok = run_cli("data", "recreate", str(path), "--out", str(tmp_path / "ok"))
+    assert ok.returncode == 0, ok.stderr
+    rebuilt = _manifest(tmp_path / "ok" / "catalog.csv")
+    assert rebuilt.dataset_version == m.dataset_version  # bit for bit: same hashes, labels and groups
+    victim = Path(m.images[3].uri)
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    bad = run_cli("data", "recreate", str(path), "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 1
+    assert f"changed: {victim}" in bad.stderr
+    victim.unlink()
+    gone = run_cli("data", "recreate", str(path), "--out", str(tmp_path / "gone"))
+    assert gone.returncode == 1 and f"vanished: {victim}" in gone.stderr
