@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import yaml
 from fieldguide.catalog import fingerprint, is_remote
 from fieldguide.config import DataConfig, from_dict, load_yaml
 from fieldguide.errors import ConfigError, FieldguideError
+from fieldguide.trainer import ModelPipelineConfig
+from fieldguide.tuning import sample_trials
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -25,14 +28,20 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def split_run_config(path: Path, overlays: list[Path] = ()) -> tuple[dict[str, Any], Path]:
-    """Split a run-config YAML (plus overlays) into pipeline parameters and a ZenML config file for the rest."""
+def split_run_config(path: Path, overlays: list[Path] = (), group: str = "") -> tuple[dict[str, Any], Path]:
+    """Split a run-config YAML (plus overlays) into pipeline parameters and a ZenML config file for the rest.
+
+    A top-level `groups:` mapping holds per-group parameter overrides, merged in for `group`.
+    """
     data: dict[str, Any] = load_yaml(path)
     for overlay in overlays:
         data = deep_merge(data, load_yaml(overlay))
     params = data.pop("parameters", None) or {}
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path}: 'parameters' must be a mapping")
+    per_group = data.pop("groups", None) or {}
+    if not isinstance(params, dict) or not isinstance(per_group, dict):
+        raise ConfigError(f"{path}: 'parameters' and 'groups' must be mappings")
+    if group and per_group.get(group):
+        params = deep_merge(params, per_group[group])
     rest = Path(tempfile.mkstemp(prefix="fieldguide-run-", suffix=".yaml")[1])
     rest.write_text(yaml.safe_dump(data))
     return params, rest
@@ -65,17 +74,11 @@ def data_parameters(root: Path, config: str | None, catalog: str | None) -> tupl
         "catalog": cfg.catalog,
         "taxonomy": cfg.taxonomy,
         "fingerprint": fingerprint(cfg.catalog, cfg.taxonomy),
-        "rules": _asdict(cfg.rules),
-        "split": _asdict(cfg.split),
-        "shards": _asdict(cfg.shards),
+        "rules": dataclasses.asdict(cfg.rules),
+        "split": dataclasses.asdict(cfg.split),
+        "shards": dataclasses.asdict(cfg.shards),
     }
     return params, rest
-
-
-def _asdict(obj: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 def run_data(root: Path, config: str | None, catalog: str | None, no_cache: bool) -> Any:
@@ -89,23 +92,114 @@ def run_data(root: Path, config: str | None, catalog: str | None, no_cache: bool
     return data_pipeline.with_options(**options)(**params)
 
 
+def latest_shard_set_id() -> str:
+    """The newest `shard_set` artifact (from the last data pipeline run)."""
+    from zenml.client import Client
+
+    try:
+        return str(Client().get_artifact_version("shard_set").id)
+    except KeyError:
+        raise FieldguideError("no shard set yet: run `python run.py --pipeline data --catalog PATH` first") from None
+
+
+def known_groups(shard_set_id: str) -> list[str]:
+    """Groups of a shard set (from its small JSON, not the shards)."""
+    from zenml.client import Client
+
+    return list(Client().get_artifact_version(shard_set_id).load().classes.groups)
+
+
+def model_parameters(root: Path, name: str, config: str | None, group: str = "") -> tuple[dict[str, Any], Path]:
+    """Validated parent/child parameters, with the trials sampled up front."""
+    params, rest = split_run_config(config_path(root, name, config), group=group)
+    cfg = from_dict(ModelPipelineConfig, params, "parameters")
+    out = {
+        "train": dataclasses.asdict(cfg.train),
+        "tuning": dataclasses.asdict(cfg.tuning),
+        "trials": sample_trials(cfg.tuning),
+        "experiment_tracker": cfg.experiment_tracker,
+        "checkpoint_dir": cfg.checkpoint_dir,
+    }
+    if name == "parent":
+        out["per_group"] = cfg.per_group
+    return out, rest
+
+
+def _options(rest: Path, no_cache: bool, model: str, description: str) -> dict[str, Any]:
+    from zenml import Model
+
+    options: dict[str, Any] = {"config_path": str(rest), "model": Model(name=model, description=description)}
+    if no_cache:
+        options["enable_cache"] = False
+    return options
+
+
+def run_parent(root: Path, config: str | None, no_cache: bool, shard_set_id: str | None = None) -> Any:
+    """Run the router pipeline on a shard set (default: the newest)."""
+    from pipelines.parent import parent_pipeline
+
+    params, rest = model_parameters(root, "parent", config)
+    options = _options(rest, no_cache, "router", "Parent model: photo → plant group")
+    return parent_pipeline.with_options(**options)(shard_set_id=shard_set_id or latest_shard_set_id(), **params)
+
+
+def run_child(root: Path, group: str, config: str | None, no_cache: bool, shard_set_id: str | None = None) -> list:
+    """Run the child pipeline of `group` ('all': one run per group) on a shard set (default: the newest)."""
+    from pipelines.child import child_pipeline
+
+    shard_set_id = shard_set_id or latest_shard_set_id()
+    groups = known_groups(shard_set_id)
+    if group == "all":
+        targets = groups
+    elif group in groups:
+        targets = [group]
+    else:
+        raise FieldguideError(f"unknown group {group!r}; known groups: {', '.join(groups)}")
+    runs = []
+    for g in targets:
+        params, rest = model_parameters(root, "child", config, group=g)
+        options = _options(rest, no_cache, f"child-{g}", f"Child model: species of {g}")
+        runs.append(child_pipeline.with_options(**options)(shard_set_id=shard_set_id, group=g, **params))
+    return runs
+
+
 def run_pipeline(
     root: Path, pipeline: str, *, group: str | None, config: str | None, catalog: str | None, no_cache: bool
 ) -> None:
     """Dispatch `--pipeline` to the pipeline runs it stands for."""
     from stacks import ensure_repository
 
+    if pipeline == "child" and not group:
+        raise FieldguideError("--pipeline child needs --group NAME (or --group all)")
     ensure_repository(root)
+    shard_set_id = None
     if pipeline in ("data", "all"):
         run = run_data(root, config if pipeline == "data" else None, catalog, no_cache)
         summarise_run(run)
-    if pipeline in ("parent", "child", "all"):
-        raise FieldguideError(f"the {pipeline} pipeline is not available in this version")
+        shard_set_id = _output_id(run, "build_shards", "shard_set")
+    if pipeline in ("parent", "all"):
+        summarise_run(run_parent(root, config if pipeline == "parent" else None, no_cache, shard_set_id))
+    if pipeline in ("child", "all"):
+        for run in run_child(root, group or "all", config if pipeline == "child" else None, no_cache, shard_set_id):
+            summarise_run(run)
+
+
+def _output_id(run: Any, step: str, output: str) -> str:
+    from zenml.client import Client
+
+    return str(Client().get_pipeline_run(run.id).steps[step].outputs[output][0].id)
 
 
 def summarise_run(run: Any) -> None:
-    """Print one line per run: name, status, and where to look."""
+    """Print one line per run: name, status, model version and key metrics."""
     from zenml.client import Client
 
     run = Client().get_pipeline_run(run.id)
-    print(f"run {run.name}: {run.status.value} ({len(run.steps)} steps)")
+    line = f"run {run.name}: {run.status.value} ({len(run.steps)} steps)"
+    if "train_model" in run.steps:
+        model = run.steps["train_model"].outputs["model"][0]
+        meta = model.run_metadata
+        line += (
+            f"; model {run.model_version.model.name} v{run.model_version.number}: val_acc={meta.get('val_acc', 0):.3f}"
+        )
+    print(line, flush=True)

@@ -6,16 +6,22 @@ import hashlib
 import io
 import json
 import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 from zenml.enums import ArtifactType, VisualizationType
+from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from fieldguide.catalog import CatalogSnapshot
 from fieldguide.manifest import Manifest
+from fieldguide.models import META, WEIGHTS, ModelBundle, load_bundle, save_bundle
+from fieldguide.plots import training_curves, trials_plot
 from fieldguide.qa import QAResult, ValidImages
 from fieldguide.reports import qa_html
 from fieldguide.shards import SPLITS, ShardSet
+from fieldguide.trainer import TrainHistory
+from fieldguide.tuning import TrialResult, TuningSummary
 
 
 class JsonMaterializer(BaseMaterializer):
@@ -50,6 +56,12 @@ class JsonMaterializer(BaseMaterializer):
         uri = os.path.join(self.uri, name)
         with self.artifact_store.open(uri, "w") as fh:
             fh.write(text)
+        return uri
+
+    def _write_bytes(self, name: str, data: bytes) -> str:
+        uri = os.path.join(self.uri, name)
+        with self.artifact_store.open(uri, "wb") as fh:
+            fh.write(data)
         return uri
 
 
@@ -143,9 +155,7 @@ class ShardSetMaterializer(JsonMaterializer):
         """Copy shards into the artifact folder unless the step already wrote them there."""
         if os.path.normpath(data.location) != os.path.normpath(self.uri):
             for name in [n for s in SPLITS for n in data.shards[s]] + ["classes.json"]:
-                self.artifact_store.copyfile(
-                    os.path.join(data.location, name), os.path.join(self.uri, name), overwrite=True
-                )
+                fileio.copy(os.path.join(data.location, name), os.path.join(self.uri, name), overwrite=True)
         super().save(data)
 
     def load(self, data_type: type[Any]) -> ShardSet:
@@ -183,10 +193,7 @@ class ShardSetMaterializer(JsonMaterializer):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
         plt.close(fig)
-        uri = os.path.join(self.uri, "class_histogram.png")
-        with self.artifact_store.open(uri, "wb") as fh:
-            fh.write(buf.getvalue())
-        return {uri: VisualizationType.IMAGE}
+        return {self._write_bytes("class_histogram.png", buf.getvalue()): VisualizationType.IMAGE}
 
     def extract_metadata(self, data: ShardSet) -> dict[str, Any]:
         """Counts per split and the dataset version id."""
@@ -198,3 +205,98 @@ class ShardSetMaterializer(JsonMaterializer):
         if data.skipped:
             meta["skipped"] = len(data.skipped)
         return meta
+
+
+class TrialResultMaterializer(JsonMaterializer):
+    """trial: one tuning trial's parameters and score."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (TrialResult,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+    FILENAME: ClassVar[str] = "trial.json"
+
+    def extract_metadata(self, data: TrialResult) -> dict[str, Any]:
+        """Score and parameters."""
+        return {"val_acc": data.val_acc, "val_loss": data.val_loss, **{f"param_{k}": v for k, v in data.params.items()}}
+
+
+class TuningSummaryMaterializer(JsonMaterializer):
+    """tuning_summary: every trial as a table and a plot."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (TuningSummary,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+    FILENAME: ClassVar[str] = "tuning.json"
+
+    def save_visualizations(self, data: TuningSummary) -> dict[str, VisualizationType]:
+        """Trials table (HTML) and val accuracy against learning rate (PNG)."""
+        import html
+
+        keys = sorted({k for t in data.trials for k in t.params})
+        rows = "".join(
+            f"<tr style='{'font-weight:bold;background:#e8f5e9' if t.index == data.best_index else ''}'>"
+            f"<td>tune_trial_{t.index}</td><td>{t.val_acc:.4f}</td><td>{t.val_loss:.4f}</td>"
+            + "".join(f"<td>{html.escape(str(t.params[k]))}</td>" for k in keys)
+            + "</tr>"
+            for t in data.trials
+        )
+        table = (
+            "<html><body style='font-family:sans-serif'><h3>Tuning trials (best in bold)</h3><table border=1 "
+            "cellpadding=4 style='border-collapse:collapse'><tr><th>step</th><th>val acc</th><th>val loss</th>"
+            + "".join(f"<th>{k}</th>" for k in keys)
+            + f"</tr>{rows}</table></body></html>"
+        )
+        return {
+            self._write_text("trials.html", table): VisualizationType.HTML,
+            self._write_bytes("trials.png", trials_plot(data.trials, data.best_index)): VisualizationType.IMAGE,
+        }
+
+    def extract_metadata(self, data: TuningSummary) -> dict[str, Any]:
+        """The winner."""
+        return {"trials": len(data.trials), "best_trial": data.best_index, "best_val_acc": data.best.val_acc}
+
+
+class TrainHistoryMaterializer(JsonMaterializer):
+    """training_history: per-epoch metrics, shown as curves."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (TrainHistory,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+    FILENAME: ClassVar[str] = "history.json"
+
+    def save_visualizations(self, data: TrainHistory) -> dict[str, VisualizationType]:
+        """Loss and accuracy curves."""
+        png = training_curves(data.history, f"{data.model_name}: training curves")
+        return {self._write_bytes("curves.png", png): VisualizationType.IMAGE}
+
+    def extract_metadata(self, data: TrainHistory) -> dict[str, Any]:
+        """Epochs and best epoch."""
+        return {"epochs": len(data.history), "best_epoch": data.best_epoch}
+
+
+class ModelBundleMaterializer(BaseMaterializer):
+    """model: safetensors weights + JSON metadata (loads without pickle)."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (ModelBundle,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
+
+    def save(self, data: ModelBundle) -> None:
+        """Export locally, then copy both files into the artifact store."""
+        with self.get_temporary_directory(delete_at_exit=True) as tmp:
+            save_bundle(data, Path(tmp))
+            for name in (WEIGHTS, META):
+                fileio.copy(os.path.join(tmp, name), os.path.join(self.uri, name), overwrite=True)
+
+    def load(self, data_type: type[Any]) -> ModelBundle:
+        """Copy both files to a local folder and rebuild the model."""
+        with self.get_temporary_directory(delete_at_exit=True) as tmp:
+            for name in (WEIGHTS, META):
+                fileio.copy(os.path.join(self.uri, name), os.path.join(tmp, name), overwrite=True)
+            return load_bundle(Path(tmp))
+
+    def extract_metadata(self, data: ModelBundle) -> dict[str, Any]:
+        """Architecture, classes and dataset version."""
+        return {
+            "arch": data.meta.arch,
+            "num_classes": data.meta.num_classes,
+            "dataset_version": data.meta.dataset_version,
+            "classes": ", ".join(data.meta.classes),
+            **data.meta.metrics,
+        }

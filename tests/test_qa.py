@@ -36,8 +36,22 @@ def _png(img: Image.Image) -> bytes:
 def test_planted_bad_rows_get_exactly_their_reason(tmp_path):
     """Acceptance: every planted bad row rejected with the right reason, no good row rejected."""
     out = tmp_path / "cat"
-    res = run_cli("data", "demo", "--out", str(out), "--groups", "succulents,ferns", "--species-per-group", "2",
-                  "--images-per-species", "20", "--size", "48", "--bad-fraction", "0.3")
+    res = run_cli(
+        "data",
+        "demo",
+        "--out",
+        str(out),
+        "--groups",
+        "succulents,ferns",
+        "--species-per-group",
+        "2",
+        "--images-per-species",
+        "20",
+        "--size",
+        "48",
+        "--bad-fraction",
+        "0.3",
+    )
     assert res.returncode == 0, res.stderr
     res = run_cli("data", "qa", str(out / "catalog.csv"), "--json")
     assert res.returncode == 0, res.stderr
@@ -45,9 +59,19 @@ def test_planted_bad_rows_get_exactly_their_reason(tmp_path):
     planted = {r["uri"]: r["expected_reason"] for r in csv.DictReader((out / "bad_rows.csv").open())}
     got = {str(Path(r["uri"]).relative_to(out.resolve())): r["reason"] for r in report["rows"]}
     assert got == planted
-    assert set(planted.values()) >= {"truncated", "empty", "not_an_image", "too_small", "conflicting_duplicate",
-                                     "duplicate", "unknown_label", "missing", "format_not_allowed",
-                                     "too_many_pixels", "rare_class"}
+    assert set(planted.values()) >= {
+        "truncated",
+        "empty",
+        "not_an_image",
+        "too_small",
+        "conflicting_duplicate",
+        "duplicate",
+        "unknown_label",
+        "missing",
+        "format_not_allowed",
+        "too_many_pixels",
+        "rare_class",
+    }
     assert report["valid"] == 2 * 2 * 20
     assert sum(report["rejected"].values()) == len(planted)
     assert report["dataset_version"].startswith("ds-")
@@ -111,8 +135,16 @@ def test_row_level_reasons(tmp_path):
     ]
     result = run_qa(rows, QARules(min_images_per_species=1), progress=False)
     reasons = {r.line: r.reason for r in result.rejected}
-    assert reasons == {3: "duplicate", 4: "conflicting_duplicate", 5: "conflicting_duplicate", 6: "missing",
-                       7: "unreadable", 8: "group_conflict", 9: "no_group", 10: "unknown_label"}
+    assert reasons == {
+        3: "duplicate",
+        4: "conflicting_duplicate",
+        5: "conflicting_duplicate",
+        6: "missing",
+        7: "unreadable",
+        8: "group_conflict",
+        9: "no_group",
+        10: "unknown_label",
+    }
     assert [v.line for v in result.valid] == [2]
 
 
@@ -130,15 +162,30 @@ def test_taxonomy_reasons_and_rare_class(tmp_path):
     assert reasons == {5: "group_conflict", 6: "unknown_label"}
     result = run_qa(rows[:1] + rows[3:4], QARules(min_images_per_species=2), {"A": "g", "B": "other"}, progress=False)
     assert {r.reason for r in result.rejected} == {"rare_class"}
-    assert any("only 1 species" in w for w in run_qa(rows[:3], QARules(min_images_per_species=1), tax,
-                                                     progress=False).warnings)
+    assert any(
+        "only 1 species" in w for w in run_qa(rows[:3], QARules(min_images_per_species=1), tax, progress=False).warnings
+    )
 
 
 def test_every_reason_code_is_exercised():
     """The reason table and the tests above stay in step."""
-    tested = {"empty", "not_an_image", "truncated", "too_small", "format_not_allowed", "too_many_pixels", "corrupt",
-              "duplicate", "conflicting_duplicate", "missing", "unreadable", "group_conflict", "no_group",
-              "unknown_label", "rare_class"}
+    tested = {
+        "empty",
+        "not_an_image",
+        "truncated",
+        "too_small",
+        "format_not_allowed",
+        "too_many_pixels",
+        "corrupt",
+        "duplicate",
+        "conflicting_duplicate",
+        "missing",
+        "unreadable",
+        "group_conflict",
+        "no_group",
+        "unknown_label",
+        "rare_class",
+    }
     assert tested == set(REASONS)
 
 

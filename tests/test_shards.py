@@ -66,8 +66,13 @@ def test_grown_catalog_keeps_every_earlier_image_in_its_split(demo_catalog, mani
     bigger = _manifest(grown / "catalog.csv")
     assert len(bigger.images) == len(manifest.images) + len(new_rows)
     grown_shards = build_shards(bigger, SplitConfig(), ShardConfig(store_size=48), tmp_path / "s", progress=False)
-    before = {k: s for s, ks in _keys_by_split(build_shards(manifest, SplitConfig(), ShardConfig(store_size=48),
-                                                           tmp_path / "s0", progress=False)).items() for k in ks}
+    before = {
+        k: s
+        for s, ks in _keys_by_split(
+            build_shards(manifest, SplitConfig(), ShardConfig(store_size=48), tmp_path / "s0", progress=False)
+        ).items()
+        for k in ks
+    }
     after = {k: s for s, ks in _keys_by_split(grown_shards).items() for k in ks}
     assert all(after[k] == s for k, s in before.items())
 

@@ -1,0 +1,105 @@
+"""timm model factory and a pickle-free export format: safetensors weights + JSON metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import timm
+import torch
+from timm.data import create_transform, resolve_data_config
+
+from fieldguide.errors import FieldguideError
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+
+
+@dataclass
+class ModelMeta:
+    """Everything needed to rebuild and use a trained model, stored beside its weights."""
+
+    name: str  # registry model name: router, child-<group>, flat
+    arch: str
+    num_classes: int
+    classes: list[str]  # label id → class name
+    data_config: dict[str, Any]  # timm data config (input_size, mean, std, crop_pct, interpolation)
+    dataset_version: str
+    group: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ModelBundle:
+    """A trained model with its metadata (the `model` artifact)."""
+
+    model: torch.nn.Module
+    meta: ModelMeta
+
+
+def create_model(arch: str, num_classes: int, pretrained_file: str = "", drop_rate: float = 0.0) -> torch.nn.Module:
+    """A timm model by name; pretrained weights only from a local file (never downloaded)."""
+    if pretrained_file and not Path(pretrained_file).is_file():
+        raise FieldguideError(f"pretrained weights file not found: {pretrained_file}")
+    try:
+        return timm.create_model(
+            arch,
+            pretrained=bool(pretrained_file),
+            pretrained_cfg_overlay={"file": pretrained_file} if pretrained_file else None,
+            num_classes=num_classes,
+            drop_rate=drop_rate,
+        )
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise FieldguideError(f"unknown timm architecture {arch!r} (see timm.list_models())") from None
+        raise
+
+
+def data_config_for(model: torch.nn.Module, img_size: int) -> dict[str, Any]:
+    """Timm's data config of `model` at `img_size` (JSON-able)."""
+    cfg = resolve_data_config({"input_size": (3, img_size, img_size)}, model=model)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+def train_transform(data_config: dict[str, Any], scale_min: float = 0.5, color_jitter: float = 0.2) -> Any:
+    """Timm training transform: random resized crop (scale_min..1), flip, colour jitter, normalise."""
+    return create_transform(
+        **_tuples(data_config),
+        is_training=True,
+        scale=(scale_min, 1.0),
+        color_jitter=color_jitter,
+        hflip=0.5,
+        re_prob=0.0,
+        auto_augment=None,
+    )
+
+
+def eval_transform(data_config: dict[str, Any]) -> Any:
+    """Timm evaluation transform (resize, centre crop, normalise): shared by evaluation and serving."""
+    return create_transform(**_tuples(data_config), is_training=False)
+
+
+def _tuples(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+
+
+def save_bundle(bundle: ModelBundle, directory: Path) -> None:
+    """Write model.safetensors and model.json into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_model(bundle.model, str(directory / WEIGHTS))
+    (directory / META).write_text(json.dumps(asdict(bundle.meta), indent=1))
+
+
+def load_bundle(directory: Path, device: str = "cpu") -> ModelBundle:
+    """Rebuild a model from its JSON metadata and load safetensors weights (no pickle involved)."""
+    meta_path = directory / META
+    if not meta_path.is_file():
+        raise FieldguideError(f"no {META} in {directory}: not an exported fieldguide model")
+    meta = ModelMeta(**json.loads(meta_path.read_text()))
+    model = create_model(meta.arch, meta.num_classes)
+    safetensors.torch.load_model(model, str(directory / WEIGHTS), device=device)
+    return ModelBundle(model.eval(), meta)

@@ -1,0 +1,277 @@
+"""Training loop on timm's optimizer/scheduler factories, with atomic per-epoch checkpoints and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import dispatch_clip_grad
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+log = logging.getLogger("fieldguide.training")
+
+
+@dataclass
+class TrainParams:
+    """Hyperparameters of one training run (tuning samples some of them)."""
+
+    # timm architecture name; small models keep CPU training in minutes.
+    arch: str = "mobilenetv3_small_050"
+    # Training and evaluation crop size in pixels.
+    img_size: int = 64
+    # Maximum epochs; early stopping may end sooner.
+    epochs: int = 10
+    # Images per optimisation step.
+    batch_size: int = 64
+    # Peak learning rate after warm-up.
+    lr: float = 3e-3
+    # Decoupled weight decay (AdamW-style).
+    weight_decay: float = 0.01
+    # timm optimizer name (create_optimizer_v2).
+    opt: str = "adamw"
+    # timm scheduler name (create_scheduler_v2), stepped per epoch.
+    sched: str = "cosine"
+    # Linear warm-up epochs at the start of the schedule.
+    warmup_epochs: int = 1
+    # Label smoothing of the cross-entropy loss.
+    label_smoothing: float = 0.1
+    # Dropout before the classifier.
+    drop_rate: float = 0.1
+    # Augmentation strength: lower bound of RandomResizedCrop's area scale.
+    aug_scale_min: float = 0.5
+    # Augmentation strength: colour jitter factor.
+    color_jitter: float = 0.2
+    # Gradient-norm clipping threshold (0 disables).
+    grad_clip: float = 1.0
+    # Early stopping: epochs without validation-accuracy improvement before stopping (0 disables).
+    patience: int = 4
+    # DataLoader worker processes for decoding and augmentation.
+    workers: int = 1
+    # Seed for weights init and data order.
+    seed: int = 0
+    # Local file with pretrained weights for `arch` (nothing is downloaded); empty trains from scratch.
+    pretrained_file: str = ""
+    # Mixed precision (bf16 autocast, fp16 with loss scaling where bf16 is missing) when training on CUDA.
+    amp: bool = True
+    # CPU threads for torch (0: all cores).
+    threads: int = 0
+
+
+@dataclass
+class FitResult:
+    """What `fit` produced."""
+
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_acc: float
+    resumed_from: int | None = None
+    epochs_run: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python and torch RNGs."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device, amp: bool) -> tuple[Any, torch.amp.GradScaler | None]:
+    if device.type != "cuda" or not amp:
+        return contextlib.nullcontext, None
+    if torch.cuda.is_bf16_supported():
+        return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)), None
+    return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically: a crash leaves the previous one intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """Load a checkpoint without unpickling arbitrary objects (weights_only)."""
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@torch.no_grad()
+def evaluate_loader(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, loss_fn: Any = None, amp: bool = True
+) -> dict[str, float]:
+    """Loss and top-1 accuracy over a loader."""
+    model.eval()
+    autocast, _ = _autocast(device, amp)
+    loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
+    total, correct, loss_sum = 0, 0, 0.0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+        loss_sum += float(loss_fn(logits.float(), y)) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(y)
+    return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1), "n": float(total)}
+
+
+def fit(
+    model: torch.nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    params: TrainParams,
+    *,
+    checkpoint: Path | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+    device: torch.device | None = None,
+) -> FitResult:
+    """Train `model` in place; the best validation-accuracy weights are loaded at the end.
+
+    With `checkpoint`, state is saved atomically after every epoch and a rerun resumes from it.
+    """
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(params.threads or os.cpu_count() or 1)
+    seed_everything(params.seed)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(model, opt=params.opt, lr=params.lr, weight_decay=params.weight_decay)
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer,
+        sched=params.sched,
+        num_epochs=params.epochs,
+        warmup_epochs=params.warmup_epochs,
+        warmup_lr=params.lr * 0.1,
+        min_lr=params.lr * 0.01,
+    )
+    num_epochs = min(num_epochs, params.epochs)
+    loss_fn = (
+        LabelSmoothingCrossEntropy(params.label_smoothing)
+        if params.label_smoothing > 0
+        else (torch.nn.CrossEntropyLoss())
+    )
+    autocast, scaler = _autocast(device, params.amp)
+    history: list[dict[str, float]] = []
+    best_acc, best_epoch, best_state, start, resumed = -1.0, -1, None, 0, None
+
+    state = load_checkpoint(checkpoint) if checkpoint else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["py_rng"])
+        history, best_acc, best_epoch = state["history"], state["best_acc"], state["best_epoch"]
+        best_state, start = state["best_model"], state["epoch"] + 1
+        resumed = start
+        log.warning("Resuming from checkpoint %s: epoch %d of %d already done", checkpoint, start, num_epochs)
+        print(f"Resuming from checkpoint {checkpoint}: epoch {start} of {num_epochs} already done", flush=True)
+    if scheduler is not None and start == 0:
+        scheduler.step(0)
+
+    for epoch in range(start, num_epochs):
+        if best_epoch >= 0 and params.patience and epoch - best_epoch > params.patience:
+            print(f"early stop at epoch {epoch}: no val-accuracy gain for {params.patience} epochs", flush=True)
+            break
+        model.train()
+        if hasattr(train_loader.dataset, "set_epoch"):
+            train_loader.dataset.set_epoch(epoch)
+        seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch + 1}/{num_epochs}",
+            unit="batch",
+            disable=not progress,
+            dynamic_ncols=True,
+            leave=False,
+        )
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if params.grad_clip:
+                    scaler.unscale_(optimizer)
+                    dispatch_clip_grad(model.parameters(), params.grad_clip, mode="norm")
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if params.grad_clip:
+                    dispatch_clip_grad(model.parameters(), params.grad_clip, mode="norm")
+                optimizer.step()
+            seen += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        elapsed = time.perf_counter() - t0
+        metrics = {
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": seen / max(elapsed, 1e-9),
+            "epoch_s": elapsed,
+        }
+        if val_loader is not None:
+            val = evaluate_loader(model, val_loader, device, amp=params.amp)
+            metrics.update({"val_loss": val["loss"], "val_acc": val["acc"]})
+        score = metrics.get("val_acc", metrics["train_acc"])
+        if score > best_acc:
+            best_acc, best_epoch = score, epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        if scheduler is not None:
+            scheduler.step(epoch + 1)
+        history.append({"epoch": float(epoch), **metrics})
+        print(f"epoch {epoch + 1}/{num_epochs} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+        if on_epoch:
+            on_epoch(epoch, metrics)
+        if checkpoint:
+            save_checkpoint(
+                checkpoint,
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "torch_rng": torch.get_rng_state(),
+                    "py_rng": random.getstate(),
+                    "history": history,
+                    "best_acc": best_acc,
+                    "best_epoch": best_epoch,
+                    "best_model": best_state,
+                },
+            )
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(
+        history=history, best_epoch=best_epoch, best_val_acc=best_acc, resumed_from=resumed, epochs_run=len(history)
+    )

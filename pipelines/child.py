@@ -1,0 +1,22 @@
+"""The child pipeline: one group's species → tuning → full training (a new species retrains one child)."""
+
+from typing import Any
+
+from zenml import pipeline
+
+from pipelines.training import train_stage
+
+
+@pipeline(name="fieldguide_child")
+def child_pipeline(
+    shard_set_id: str,
+    group: str,
+    train: dict[str, Any],
+    tuning: dict[str, Any],
+    trials: list[dict[str, Any]],
+    experiment_tracker: str = "",
+    checkpoint_dir: str = "",
+) -> Any:
+    """Train the species classifier of `group`."""
+    view = {"kind": "child", "group": group}
+    return train_stage(shard_set_id, view, train, tuning, trials, experiment_tracker, checkpoint_dir)

@@ -1,0 +1,22 @@
+"""The parent (router) pipeline: group-balanced view → tuning → full training."""
+
+from typing import Any
+
+from zenml import pipeline
+
+from pipelines.training import train_stage
+
+
+@pipeline(name="fieldguide_parent")
+def parent_pipeline(
+    shard_set_id: str,
+    per_group: int,
+    train: dict[str, Any],
+    tuning: dict[str, Any],
+    trials: list[dict[str, Any]],
+    experiment_tracker: str = "",
+    checkpoint_dir: str = "",
+) -> Any:
+    """Train the router that picks a plant group."""
+    view = {"kind": "parent", "per_group": per_group}
+    return train_stage(shard_set_id, view, train, tuning, trials, experiment_tracker, checkpoint_dir)

@@ -1,0 +1,69 @@
+"""Step: full training with the best parameters, checkpointed every epoch and resumable after a crash."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from zenml import ArtifactConfig, log_metadata, step
+from zenml.enums import ArtifactType
+
+from fieldguide.config import from_dict
+from fieldguide.models import ModelBundle
+from fieldguide.plots import training_curves
+from fieldguide.shards import ShardSet
+from fieldguide.trainer import TrainHistory, model_name, train_on_view, view_from_spec
+from fieldguide.training import TrainParams
+from fieldguide.tuning import apply_params
+from steps.materializers import ModelBundleMaterializer, TrainHistoryMaterializer
+from steps.tracking import log_bytes, log_metrics, log_params, run_id
+
+
+def checkpoint_path(root: str, name: str, dataset_version: str, params: TrainParams) -> Path:
+    """Deterministic checkpoint file: same model, data and parameters → same file, so a rerun resumes."""
+    if not root:
+        from zenml.client import Client
+
+        store = Client().active_stack.artifact_store.path
+        root = str(Path(store) / "checkpoints") if "://" not in store else "/tmp/fieldguide-checkpoints"
+    key = hashlib.sha256(json.dumps([name, dataset_version, params.__dict__], sort_keys=True).encode()).hexdigest()
+    return Path(root) / f"{name}-{key[:16]}" / "last.pt"
+
+
+@step(output_materializers={"model": ModelBundleMaterializer, "training_history": TrainHistoryMaterializer})
+def train_model(
+    shard_set: ShardSet,
+    view: dict[str, Any],
+    train: dict[str, Any],
+    best_params: dict[str, Any],
+    checkpoint_dir: str = "",
+) -> tuple[
+    Annotated[ModelBundle, ArtifactConfig(name="model", artifact_type=ArtifactType.MODEL)],
+    Annotated[TrainHistory, "training_history"],
+]:
+    """Train on the full train split with the tuned parameters; metrics per epoch go to MLflow."""
+    params = apply_params(from_dict(TrainParams, train, "train"), best_params)
+    name = model_name(view)
+    ckpt = checkpoint_path(checkpoint_dir, name, shard_set.dataset_version, params)
+    print(f"checkpoints: {ckpt}")
+    log_params({"model": name, "dataset_version": shard_set.dataset_version, **params.__dict__})
+    bundle, result = train_on_view(
+        shard_set,
+        view_from_spec(shard_set, view),
+        params,
+        name,
+        checkpoint=ckpt,
+        on_epoch=lambda epoch, metrics: log_metrics(metrics, step=epoch),
+    )
+    history = TrainHistory(name, result.history, result.best_epoch, result.resumed_from, params.__dict__)
+    log_bytes(training_curves(result.history, f"{name}: training curves"), "training_curves.png")
+    log_metadata(
+        metadata={
+            "val_acc": result.best_val_acc,
+            "dataset_version": shard_set.dataset_version,
+            "mlflow_run_id": run_id(),
+            "resumed_from_epoch": result.resumed_from or 0,
+        }
+    )
+    ckpt.unlink(missing_ok=True)
+    return bundle, history
