@@ -207,6 +207,42 @@ def data_diff(a: str, b: str) -> None:
         click.echo("no differences")
 
 
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8237, show_default=True)
+@click.option("--stop", is_flag=True, help="Shut the local dashboard down (and reconnect to the local store).")
+def dashboard(port: int, stop: bool) -> None:
+    """Start the local ZenML dashboard (a daemon server over the same local store) and print its URL."""
+    import subprocess
+
+    zenml = [str(Path(sys.executable).parent / "zenml")]
+    env = {**os.environ, "ZENML_AUTO_OPEN_DASHBOARD": "false"}
+    args = ["logout", "--local"] if stop else ["login", "--local", "--port", str(port)]
+    res = subprocess.run([*zenml, *args], env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise click.ClickException(f"zenml {' '.join(args)} failed: {res.stderr.strip().splitlines()[-1:]}")
+    click.echo("dashboard stopped" if stop else f"ZenML dashboard: http://127.0.0.1:{port}")
+
+
+@cli.command("mlflow-ui")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--print-uri", is_flag=True, help="Only print the tracking URI the runs write to.")
+def mlflow_ui(port: int, print_uri: bool) -> None:
+    """Serve the MLflow UI over the store that the stack's MLflow experiment tracker writes to."""
+    import subprocess
+
+    from stacks import tracking_uri
+
+    uri = tracking_uri()
+    if print_uri:
+        click.echo(uri)
+        return
+    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {uri})")
+    subprocess.run(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        check=False,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one line on stderr and exit code 2."""
     _configure_environment()

@@ -176,7 +176,7 @@ def run_pipeline(
     if pipeline in ("data", "all"):
         run = run_data(root, config if pipeline == "data" else None, catalog, no_cache)
         summarise_run(run)
-        shard_set_id = _output_id(run, "build_shards", "shard_set")
+        shard_set_id = output_id(run, "build_shards", "shard_set")
     if pipeline in ("parent", "all"):
         summarise_run(run_parent(root, config if pipeline == "parent" else None, no_cache, shard_set_id))
     if pipeline in ("child", "all"):
@@ -184,7 +184,8 @@ def run_pipeline(
             summarise_run(run)
 
 
-def _output_id(run: Any, step: str, output: str) -> str:
+def output_id(run: Any, step: str, output: str) -> str:
+    """The artifact version id of a run's step output."""
     from zenml.client import Client
 
     return str(Client().get_pipeline_run(run.id).steps[step].outputs[output][0].id)

@@ -80,3 +80,13 @@ def activate_stack(name: str, root: Path | None = None) -> str:
             known = ", ".join(s.name for s in client.list_stacks().items)
             raise ConfigError(f"unknown stack {name!r}; registered: {known}; or use 'local'") from None
     return name
+
+
+def tracking_uri() -> str:
+    """The MLflow tracking URI of the active stack's experiment tracker."""
+    from zenml.client import Client
+
+    tracker = Client().active_stack.experiment_tracker
+    if tracker is None:
+        raise ConfigError("the active stack has no experiment tracker: run `python run.py --stack local`")
+    return tracker.get_tracking_uri()

@@ -71,3 +71,23 @@ def demo_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     generate(out, ["succulents", "ferns", "flowers"], 3, 24, size=64, bad_fraction=0.08, seed=1, progress=False)
     return out / "catalog.csv"
+
+
+CHILD_TINY = ROOT / "tests" / "configs" / "child_tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def shard_set_id(local_stack, demo_catalog):
+    from pipelines.runner import output_id, run_data
+
+    return output_id(run_data(ROOT, None, str(demo_catalog), no_cache=False), "build_shards", "shard_set")
+
+
+@pytest.fixture(scope="session")
+def child_run(shard_set_id):
+    from pipelines.runner import run_child
+
+    (run,) = run_child(ROOT, "succulents", str(CHILD_TINY), no_cache=False, shard_set_id=shard_set_id)
+    from zenml.client import Client
+
+    return Client().get_pipeline_run(run.id)
