@@ -101,6 +101,7 @@ def main() -> None:
         print(json.dumps(res))
         return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fieldguide-bench-qa-"))
+    work.mkdir(parents=True, exist_ok=True)
     catalog = work / "catalog.csv"
     if not catalog.exists():
         make_catalog(work, args.rows, args.size)

@@ -119,43 +119,47 @@ class QAResult:
         )
 
 
-@dataclass(frozen=True)
-class _Task:
-    line: int
-    uri: str
-    limits: ImageLimits
-    storage_options: dict[str, Any] | None
+# Set once per worker process by _init_worker, so that each task only ships (line, uri).
+_WORKER: dict[str, Any] = {}
 
 
-def _check_file(task: _Task) -> tuple[int, str | None, str, str, int, int, str, int]:
+def _init_worker(limits: ImageLimits, storage_options: dict[str, Any] | None) -> None:
+    _WORKER["limits"], _WORKER["storage_options"] = limits, storage_options
+
+
+def _check_file(task: tuple[int, str]) -> tuple[int, str | None, str, str, int, int, str, int]:
     """Worker: read and fully decode one file. Returns (line, reason|None, detail, sha256, w, h, format, size)."""
+    line, uri = task
     try:
-        data = read_bytes(task.uri, task.storage_options)
+        data = read_bytes(uri, _WORKER["storage_options"])
     except FileNotFoundError:
-        return task.line, "missing", f"no such file: {task.uri}", "", 0, 0, "", 0
+        return line, "missing", f"no such file: {uri}", "", 0, 0, "", 0
     except IsADirectoryError:
-        return task.line, "unreadable", "path is a directory", "", 0, 0, "", 0
+        return line, "unreadable", "path is a directory", "", 0, 0, "", 0
     except Exception as exc:  # noqa: BLE001 - permission errors, network errors: report, do not crash the run
-        return task.line, "unreadable", f"{type(exc).__name__}: {exc}", "", 0, 0, "", 0
+        return line, "unreadable", f"{type(exc).__name__}: {exc}", "", 0, 0, "", 0
     digest = hashlib.sha256(data).hexdigest()
     try:
-        img = open_checked(data, task.limits)
+        img = open_checked(data, _WORKER["limits"])
     except ImageRejected as rej:
-        return task.line, rej.reason, rej.detail, digest, 0, 0, "", len(data)
-    return task.line, None, "", digest, img.width, img.height, img.info["source_format"], len(data)
+        return line, rej.reason, rej.detail, digest, 0, 0, "", len(data)
+    return line, None, "", digest, img.width, img.height, img.info["source_format"], len(data)
 
 
-def _pool_map(tasks: list[_Task], workers: int, desc: str, progress: bool) -> Iterator[tuple]:
+def _pool_map(
+    tasks: list[tuple[int, str]], init: tuple[Any, ...], workers: int, desc: str, progress: bool
+) -> Iterator[tuple]:
     bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1 or len(tasks) < _POOL_MIN_ROWS:
+            _init_worker(*init)
             for task in tasks:
                 yield _check_file(task)
                 bar.update()
             return
         # forkserver: workers start clean (no inherited threads or locks from ZenML/torch in the parent).
         ctx = multiprocessing.get_context("forkserver")
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
             for out in pool.imap(_check_file, tasks, chunksize=max(1, min(256, len(tasks) // (workers * 8)))):
                 yield out
                 bar.update()
@@ -181,7 +185,7 @@ def run_qa(
     limits = ImageLimits(tuple(rules.allowed_formats), rules.min_side, rules.max_pixels)
     first_group: dict[str, str] = {}
     pending: dict[int, CatalogRow] = {}
-    tasks: list[_Task] = []
+    tasks: list[tuple[int, str]] = []
     for row in rows:
         reason, detail, group = _label_check(row, taxonomy, first_group)
         if reason:
@@ -191,11 +195,13 @@ def run_qa(
             result.rejected.append(Rejection(row.line, row.uri, row.label, "missing", "row has no uri"))
             continue
         pending[row.line] = CatalogRow(row.line, row.uri, row.label, group)
-        tasks.append(_Task(row.line, row.uri, limits, storage_options))
+        tasks.append((row.line, row.uri))
 
     workers = rules.workers or os.cpu_count() or 1
     decoded: list[ValidImage] = []
-    for line, reason, detail, digest, width, height, fmt, size in _pool_map(tasks, workers, "QA", progress):
+    for line, reason, detail, digest, width, height, fmt, size in _pool_map(
+        tasks, (limits, storage_options), workers, "QA", progress
+    ):
         row = pending[line]
         if reason:
             result.rejected.append(Rejection(line, row.uri, row.label, reason, detail))
