@@ -127,3 +127,12 @@ def test_sigkill_during_training_then_rerun_resumes(child_run, home, tmp_path):
     assert "Resuming from checkpoint" in out
     assert "completed" in out
     assert not ckpt.exists()  # removed once the model artifact is stored
+
+
+@pytest.mark.slow
+def test_unknown_group_lists_known_groups_exit_2(shard_set_id):
+    from tests.conftest import run_cli
+
+    res = run_cli("--pipeline", "child", "--group", "cacti")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: unknown group 'cacti'; known groups: ferns, flowers, succulents"
