@@ -1,0 +1,25 @@
+"""Step: split, preprocess and pack a dataset version into WebDataset shards."""
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from zenml import get_step_context, step
+
+from fieldguide.catalog import is_remote
+from fieldguide.config import ShardConfig, SplitConfig, from_dict
+from fieldguide.manifest import Manifest
+from fieldguide.shards import ShardSet
+from fieldguide.shards import build_shards as pack_shards
+from steps.materializers import ShardSetMaterializer
+
+
+@step(output_materializers=ShardSetMaterializer)
+def build_shards(manifest: Manifest, split: dict[str, Any], shards: dict[str, Any]) -> Annotated[ShardSet, "shard_set"]:
+    """Write shards straight into the artifact store when it is local, else via a temporary folder."""
+    target = get_step_context().get_output_artifact_uri("shard_set")
+    out = Path(tempfile.mkdtemp(prefix="fieldguide-shards-")) if is_remote(target) else Path(target)
+    shard_set = pack_shards(manifest, from_dict(SplitConfig, split, "split"), from_dict(ShardConfig, shards, "shards"), out)
+    for problem in shard_set.skipped:
+        print(f"skipped: {problem}")
+    return shard_set
