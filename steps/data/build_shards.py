@@ -19,7 +19,9 @@ def build_shards(manifest: Manifest, split: dict[str, Any], shards: dict[str, An
     """Write shards straight into the artifact store when it is local, else via a temporary folder."""
     target = get_step_context().get_output_artifact_uri("shard_set")
     out = Path(tempfile.mkdtemp(prefix="fieldguide-shards-")) if is_remote(target) else Path(target)
-    shard_set = pack_shards(manifest, from_dict(SplitConfig, split, "split"), from_dict(ShardConfig, shards, "shards"), out)
+    shard_set = pack_shards(
+        manifest, from_dict(SplitConfig, split, "split"), from_dict(ShardConfig, shards, "shards"), out
+    )
     for problem in shard_set.skipped:
         print(f"skipped: {problem}")
     return shard_set

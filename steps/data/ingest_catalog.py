@@ -9,7 +9,9 @@ from steps.materializers import CatalogSnapshotMaterializer
 
 
 @step(output_materializers=CatalogSnapshotMaterializer)
-def ingest_catalog(catalog: str, taxonomy: str = "", fingerprint: str = "") -> Annotated[CatalogSnapshot, "catalog_rows"]:
+def ingest_catalog(
+    catalog: str, taxonomy: str = "", fingerprint: str = ""
+) -> Annotated[CatalogSnapshot, "catalog_rows"]:
     """Read the catalog rows and the taxonomy.
 
     Args:

@@ -12,7 +12,8 @@ from steps.materializers import ManifestMaterializer
 @step(output_materializers=ManifestMaterializer)
 def version_dataset(valid_images: ValidImages, qa_report: QAResult) -> Annotated[Manifest, "manifest"]:
     """Write the manifest; its dataset version id becomes artifact and run metadata."""
-    manifest = Manifest.build(valid_images.images, valid_images.rules_version, valid_images.source,
-                              len(qa_report.rejected))
+    manifest = Manifest.build(
+        valid_images.images, valid_images.rules_version, valid_images.source, len(qa_report.rejected)
+    )
     log_metadata(metadata={"dataset_version": manifest.dataset_version, "images": manifest.counts["images"]})
     return manifest
