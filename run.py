@@ -219,7 +219,8 @@ def dashboard(port: int, stop: bool) -> None:
     args = ["logout", "--local"] if stop else ["login", "--local", "--port", str(port)]
     res = subprocess.run([*zenml, *args], env=env, capture_output=True, text=True)
     if res.returncode != 0:
-        raise click.ClickException(f"zenml {' '.join(args)} failed: {res.stderr.strip().splitlines()[-1:]}")
+        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise click.ClickException(f"zenml {' '.join(args)} failed: {last}")
     click.echo("dashboard stopped" if stop else f"ZenML dashboard: http://127.0.0.1:{port}")
 
 

@@ -57,13 +57,16 @@ def resolve_uri(uri: str, base: str) -> str:
     return str((Path(base) / uri).resolve())
 
 
+def _parent(source: str) -> str:
+    return source.rsplit("/", 1)[0] if is_remote(source) else str(Path(source).resolve().parent)
+
+
 def catalog_dir(source: str, storage_options: dict[str, Any] | None = None) -> str:
     """The directory that relative URIs in `source` are resolved against (the folder itself for folder catalogs)."""
-    if is_remote(source):
-        fs, path = filesystem(source, storage_options)
-        return source.rstrip("/") if fs.isdir(path) else source.rsplit("/", 1)[0]
-    p = Path(source)
-    return str(p.resolve() if p.is_dir() else p.resolve().parent)
+    fs, path = filesystem(source, storage_options)
+    if fs.isdir(path):
+        return source.rstrip("/") if is_remote(source) else str(Path(source).resolve())
+    return _parent(source)
 
 
 def read_catalog(source: str, storage_options: dict[str, Any] | None = None) -> Iterator[CatalogRow]:
@@ -86,7 +89,7 @@ def read_catalog(source: str, storage_options: dict[str, Any] | None = None) -> 
 
 
 def _read_csv(fs: fsspec.AbstractFileSystem, path: str, source: str) -> Iterator[CatalogRow]:
-    base = source.rsplit("/", 1)[0] if is_remote(source) else str(Path(source).resolve().parent)
+    base = _parent(source)
     with fs.open(path, "rb") as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         reader = csv.DictReader(text)

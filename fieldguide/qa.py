@@ -73,13 +73,9 @@ class ValidImages:
     rules_version: str
     images: list[ValidImage] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form."""
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ValidImages:
-        """Inverse of to_dict."""
+        """Rebuild from its JSON form (dataclasses.asdict)."""
         return cls(data["source"], data["rules_version"], [ValidImage(**v) for v in data["images"]])
 
 

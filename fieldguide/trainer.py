@@ -25,15 +25,6 @@ class TrainHistory:
     resumed_from: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainHistory:
-        """Inverse of to_dict."""
-        return cls(**data)
-
 
 def view_from_spec(shard_set: ShardSet, spec: dict[str, Any]) -> View:
     """Build a view from a JSON spec: {"kind": "parent", "per_group": N} | {"kind": "child", "group": G} | flat."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
+import hashlib
+import json
 import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,6 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import dispatch_clip_grad
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-
-log = logging.getLogger("fieldguide.training")
 
 
 @dataclass
@@ -78,8 +77,6 @@ class FitResult:
     best_epoch: int
     best_val_acc: float
     resumed_from: int | None = None
-    epochs_run: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -104,11 +101,22 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_file(root: Path, name: str, dataset_version: str, params: TrainParams) -> Path:
+    """Deterministic checkpoint path: same model, data and parameters → same file, so a rerun resumes."""
+    key = hashlib.sha256(json.dumps([name, dataset_version, asdict(params)], sort_keys=True).encode()).hexdigest()
+    return root / f"{name}-{key[:16]}" / "last.pt"
+
+
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
     """Load a checkpoint without unpickling arbitrary objects (weights_only)."""
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    return (x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x), y
 
 
 @torch.no_grad()
@@ -121,9 +129,7 @@ def evaluate_loader(
     loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = _to_device(x, y, device)
         with autocast():
             logits = model(x)
         loss_sum += float(loss_fn(logits.float(), y)) * len(y)
@@ -165,9 +171,7 @@ def fit(
     )
     num_epochs = min(num_epochs, params.epochs)
     loss_fn = (
-        LabelSmoothingCrossEntropy(params.label_smoothing)
-        if params.label_smoothing > 0
-        else (torch.nn.CrossEntropyLoss())
+        LabelSmoothingCrossEntropy(params.label_smoothing) if params.label_smoothing else torch.nn.CrossEntropyLoss()
     )
     autocast, scaler = _autocast(device, params.amp)
     history: list[dict[str, float]] = []
@@ -186,7 +190,6 @@ def fit(
         history, best_acc, best_epoch = state["history"], state["best_acc"], state["best_epoch"]
         best_state, start = state["best_model"], state["epoch"] + 1
         resumed = start
-        log.warning("Resuming from checkpoint %s: epoch %d of %d already done", checkpoint, start, num_epochs)
         print(f"Resuming from checkpoint {checkpoint}: epoch {start} of {num_epochs} already done", flush=True)
     if scheduler is not None and start == 0:
         scheduler.step(0)
@@ -208,9 +211,7 @@ def fit(
             leave=False,
         )
         for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = _to_device(x, y, device)
             with autocast():
                 logits = model(x)
                 loss = loss_fn(logits, y)
@@ -272,6 +273,4 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(
-        history=history, best_epoch=best_epoch, best_val_acc=best_acc, resumed_from=resumed, epochs_run=len(history)
-    )
+    return FitResult(history=history, best_epoch=best_epoch, best_val_acc=best_acc, resumed_from=resumed)

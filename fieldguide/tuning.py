@@ -80,15 +80,6 @@ class TrialResult:
     images_per_s: float
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
-        """Inverse of to_dict."""
-        return cls(**data)
-
 
 @dataclass
 class TuningSummary:
@@ -108,11 +99,7 @@ class TuningSummary:
         best = min(trials, key=lambda t: (-t.val_acc, t.val_loss, t.index))
         return cls(sorted(trials, key=lambda t: t.index), best.index)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {"trials": [t.to_dict() for t in self.trials], "best_index": self.best_index}
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TuningSummary:
-        """Inverse of to_dict."""
-        return cls([TrialResult.from_dict(t) for t in data["trials"]], data["best_index"])
+        """Rebuild from its JSON form (dataclasses.asdict)."""
+        return cls([TrialResult(**t) for t in data["trials"]], data["best_index"])

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from fieldguide.catalog import fingerprint, is_remote
 from fieldguide.config import DataConfig, from_dict, load_yaml
@@ -28,23 +25,19 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def split_run_config(path: Path, overlays: list[Path] = (), group: str = "") -> tuple[dict[str, Any], Path]:
-    """Split a run-config YAML (plus overlays) into pipeline parameters and a ZenML config file for the rest.
+def split_run_config(path: Path, group: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a run-config YAML into pipeline parameters and the rest of ZenML's run config (for with_options).
 
     A top-level `groups:` mapping holds per-group parameter overrides, merged in for `group`.
     """
     data: dict[str, Any] = load_yaml(path)
-    for overlay in overlays:
-        data = deep_merge(data, load_yaml(overlay))
     params = data.pop("parameters", None) or {}
     per_group = data.pop("groups", None) or {}
     if not isinstance(params, dict) or not isinstance(per_group, dict):
         raise ConfigError(f"{path}: 'parameters' and 'groups' must be mappings")
     if group and per_group.get(group):
         params = deep_merge(params, per_group[group])
-    rest = Path(tempfile.mkstemp(prefix="fieldguide-run-", suffix=".yaml")[1])
-    rest.write_text(yaml.safe_dump(data))
-    return params, rest
+    return params, data
 
 
 def config_path(root: Path, name: str, given: str | None) -> Path:
@@ -55,7 +48,7 @@ def config_path(root: Path, name: str, given: str | None) -> Path:
     return path
 
 
-def data_parameters(root: Path, config: str | None, catalog: str | None) -> tuple[dict[str, Any], Path]:
+def data_parameters(root: Path, config: str | None, catalog: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validated data-pipeline parameters with the catalog override and a fresh catalog fingerprint."""
     params, rest = split_run_config(config_path(root, "data", config))
     if catalog:
@@ -86,10 +79,7 @@ def run_data(root: Path, config: str | None, catalog: str | None, no_cache: bool
     from pipelines.data import data_pipeline
 
     params, rest = data_parameters(root, config, catalog)
-    options: dict[str, Any] = {"config_path": str(rest)}
-    if no_cache:
-        options["enable_cache"] = False
-    return data_pipeline.with_options(**options)(**params)
+    return data_pipeline.with_options(**_options(rest, no_cache))(**params)
 
 
 def latest_shard_set_id() -> str:
@@ -109,7 +99,9 @@ def known_groups(shard_set_id: str) -> list[str]:
     return list(Client().get_artifact_version(shard_set_id).load().classes.groups)
 
 
-def model_parameters(root: Path, name: str, config: str | None, group: str = "") -> tuple[dict[str, Any], Path]:
+def model_parameters(
+    root: Path, name: str, config: str | None, group: str = ""
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validated parent/child parameters, with the trials sampled up front."""
     params, rest = split_run_config(config_path(root, name, config), group=group)
     cfg = from_dict(ModelPipelineConfig, params, "parameters")
@@ -125,12 +117,15 @@ def model_parameters(root: Path, name: str, config: str | None, group: str = "")
     return out, rest
 
 
-def _options(rest: Path, no_cache: bool, model: str, description: str) -> dict[str, Any]:
-    from zenml import Model
-
-    options: dict[str, Any] = {"config_path": str(rest), "model": Model(name=model, description=description)}
+def _options(rest: dict[str, Any], no_cache: bool, model: str = "", description: str = "") -> dict[str, Any]:
+    """with_options arguments: the YAML's run config, --no-cache, and the Model Control Plane model."""
+    options = dict(rest)
     if no_cache:
         options["enable_cache"] = False
+    if model:
+        from zenml import Model
+
+        options["model"] = Model(name=model, description=description)
     return options
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -25,18 +26,18 @@ from fieldguide.tuning import TrialResult, TuningSummary
 
 
 class JsonMaterializer(BaseMaterializer):
-    """Stores a dataclass with to_dict/from_dict as one JSON file; content-hashed for ZenML's cache."""
+    """Stores a dataclass as one JSON file (its to_dict/from_dict when it has them); content-hashed for the cache."""
 
     SKIP_REGISTRATION: ClassVar[bool] = True
     FILENAME: ClassVar[str] = "data.json"
 
     def encode(self, data: Any) -> dict[str, Any]:
         """Object → JSON-able dict."""
-        return data.to_dict()
+        return data.to_dict() if hasattr(data, "to_dict") else dataclasses.asdict(data)
 
     def decode(self, data_type: type[Any], payload: dict[str, Any]) -> Any:
-        """JSON-able dict → object."""
-        return data_type.from_dict(payload)
+        """JSON-able dict → object (nested dataclasses need a from_dict)."""
+        return data_type.from_dict(payload) if hasattr(data_type, "from_dict") else data_type(**payload)
 
     def load(self, data_type: type[Any]) -> Any:
         """Read the JSON file from the artifact store."""

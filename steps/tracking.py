@@ -2,49 +2,40 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 
-def _active() -> bool:
+def _mlflow() -> Any:
+    """The mlflow module when a run is active for this step, else None (mlflow is imported lazily: it is slow)."""
     import mlflow
 
-    return mlflow.active_run() is not None
+    return mlflow if mlflow.active_run() is not None else None
 
 
 def log_params(params: dict[str, Any]) -> None:
     """Log parameters to the step's MLflow run."""
-    if _active():
-        import mlflow
-
+    if mlflow := _mlflow():
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     """Log metrics (per epoch when `step` is given)."""
-    if _active():
-        import mlflow
-
+    if mlflow := _mlflow():
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_bytes(data: bytes | str, name: str) -> None:
     """Attach a file (plot, HTML report) to the step's MLflow run."""
-    if not _active():
-        return
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_bytes(data if isinstance(data, bytes) else data.encode())
-        mlflow.log_artifact(str(path))
+    if mlflow := _mlflow():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data if isinstance(data, bytes) else data.encode())
+            mlflow.log_artifact(str(path))
 
 
 def run_id() -> str:
     """The step's MLflow run id, or ''."""
-    import mlflow
-
-    run = mlflow.active_run()
-    return run.info.run_id if run else ""
+    mlflow = _mlflow()
+    return mlflow.active_run().info.run_id if mlflow else ""

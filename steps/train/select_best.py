@@ -4,6 +4,7 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
+from fieldguide.plots import trials_plot
 from fieldguide.tuning import TrialResult, TuningSummary
 from steps.materializers import TuningSummaryMaterializer
 from steps.tracking import log_bytes, log_metrics
@@ -17,8 +18,6 @@ def select_best(
     summary = TuningSummary.of(trials)
     for t in summary.trials:
         log_metrics({f"trial_{t.index}_val_acc": t.val_acc})
-    from fieldguide.plots import trials_plot
-
     log_bytes(trials_plot(summary.trials, summary.best_index), "tuning_trials.png")
     log_metadata(metadata={"best_trial": summary.best_index, "best_val_acc": summary.best.val_acc})
     print(f"best trial: tune_trial_{summary.best_index} val_acc={summary.best.val_acc:.4f} {summary.best.params}")

@@ -1,11 +1,12 @@
 """Step: full training with the best parameters, checkpointed every epoch and resumable after a crash."""
 
-import hashlib
-import json
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 from zenml import ArtifactConfig, log_metadata, step
+from zenml.client import Client
 from zenml.enums import ArtifactType
 
 from fieldguide.config import from_dict
@@ -13,21 +14,18 @@ from fieldguide.models import ModelBundle
 from fieldguide.plots import training_curves
 from fieldguide.shards import ShardSet
 from fieldguide.trainer import TrainHistory, model_name, train_on_view, view_from_spec
-from fieldguide.training import TrainParams
+from fieldguide.training import TrainParams, checkpoint_file
 from fieldguide.tuning import apply_params
 from steps.materializers import ModelBundleMaterializer, TrainHistoryMaterializer
 from steps.tracking import log_bytes, log_metrics, log_params, run_id
 
 
-def checkpoint_path(root: str, name: str, dataset_version: str, params: TrainParams) -> Path:
-    """Deterministic checkpoint file: same model, data and parameters → same file, so a rerun resumes."""
-    if not root:
-        from zenml.client import Client
-
-        store = Client().active_stack.artifact_store.path
-        root = str(Path(store) / "checkpoints") if "://" not in store else "/tmp/fieldguide-checkpoints"
-    key = hashlib.sha256(json.dumps([name, dataset_version, params.__dict__], sort_keys=True).encode()).hexdigest()
-    return Path(root) / f"{name}-{key[:16]}" / "last.pt"
+def checkpoint_root(configured: str) -> Path:
+    """The configured checkpoint folder, else <local artifact store>/checkpoints (a temp folder for remote stores)."""
+    if configured:
+        return Path(configured)
+    store = Client().active_stack.artifact_store.path
+    return Path(store) / "checkpoints" if "://" not in store else Path(tempfile.gettempdir()) / "fieldguide-checkpoints"
 
 
 @step(output_materializers={"model": ModelBundleMaterializer, "training_history": TrainHistoryMaterializer})
@@ -44,9 +42,10 @@ def train_model(
     """Train on the full train split with the tuned parameters; metrics per epoch go to MLflow."""
     params = apply_params(from_dict(TrainParams, train, "train"), best_params)
     name = model_name(view)
-    ckpt = checkpoint_path(checkpoint_dir, name, shard_set.dataset_version, params)
+    ckpt = checkpoint_file(checkpoint_root(checkpoint_dir), name, shard_set.dataset_version, params)
     print(f"checkpoints: {ckpt}")
-    log_params({"model": name, "dataset_version": shard_set.dataset_version, **params.__dict__})
+    values = asdict(params)
+    log_params({"model": name, "dataset_version": shard_set.dataset_version, **values})
     bundle, result = train_on_view(
         shard_set,
         view_from_spec(shard_set, view),
@@ -55,7 +54,7 @@ def train_model(
         checkpoint=ckpt,
         on_epoch=lambda epoch, metrics: log_metrics(metrics, step=epoch),
     )
-    history = TrainHistory(name, result.history, result.best_epoch, result.resumed_from, params.__dict__)
+    history = TrainHistory(name, result.history, result.best_epoch, result.resumed_from, values)
     log_bytes(training_curves(result.history, f"{name}: training curves"), "training_curves.png")
     log_metadata(
         metadata={
