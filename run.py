@@ -32,7 +32,17 @@ def _configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+# "\b" keeps click from re-wrapping the example block.
+EXAMPLES = """\b
+Examples:
+  python run.py --stack local                        register and activate the local stack
+  python run.py --pipeline data --catalog cat.csv    QA, version and shard a catalog
+  python run.py --pipeline child --group succulents  train one child model
+  python run.py data qa cat.csv --json               QA outside any pipeline
+"""
+
+
+@click.group(invoke_without_command=True, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--pipeline",
     type=click.Choice(PIPELINES),
@@ -69,15 +79,7 @@ def cli(
     catalog: str | None,
     no_cache: bool,
 ) -> None:
-    r"""fieldguide: raw image catalog → tested two-stage species classifier.
-
-    \b
-    Examples:
-      python run.py --stack local                      register and activate the local stack
-      python run.py --pipeline data --catalog cat.csv  QA, version and shard a catalog
-      python run.py --pipeline child --group succulents
-      python run.py data qa cat.csv --json             QA outside any pipeline
-    """
+    """fieldguide: raw image catalog → tested two-stage species classifier."""
     ctx.ensure_object(dict)
     if stack:
         from stacks import activate_stack

@@ -6,6 +6,7 @@ def test_help_lists_pipelines_and_options():
     assert res.returncode == 0
     for word in ("--pipeline", "data", "parent", "child", "all", "--group", "--config", "--stack", "--no-cache"):
         assert word in res.stdout
+    assert "\\b" not in res.stdout and "Examples:" in res.stdout
 
 
 def test_unknown_pipeline_is_one_line_exit_2():
