@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 ROOT = Path(__file__).resolve().parent
-PIPELINES = ("data", "parent", "child", "all")
+PIPELINES = ("data", "parent", "child", "flat", "all")
 
 
 def _configure_environment() -> None:
@@ -39,6 +39,8 @@ Examples:
   python run.py --pipeline data --catalog cat.csv    QA, version and shard a catalog
   python run.py --pipeline child --group succulents  train one child model
   python run.py data qa cat.csv --json               QA outside any pipeline
+  python run.py models                               registry: versions, stages, approval, metrics
+  python run.py approve router 3 --by alice          approve a pending version
 """
 
 
@@ -47,7 +49,7 @@ Examples:
     "--pipeline",
     type=click.Choice(PIPELINES),
     help="Pipeline to run: data (QA, manifest, shards), parent (router), child (one group), "
-    "all (data, parent, every child).",
+    "flat (one all-species baseline), all (data, parent, every child, two-stage evaluation).",
 )
 @click.option(
     "--group", "group", default=None, help="Child pipeline: a plant group name, or 'all' for one run per group."
@@ -244,6 +246,92 @@ def mlflow_ui(port: int, print_uri: bool) -> None:
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
         check=False,
     )
+
+
+@cli.command()
+@click.option("--model", "model", default=None, help="Only this model (router, child-<group>, flat).")
+def models(model: str | None) -> None:
+    """List models and versions: stage, approval state, who decided, test metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.registry import models_rows
+
+    rows = [r for r in models_rows() if model is None or r["model"] == model]
+    if not rows:
+        click.echo("no model versions yet: run `python run.py --pipeline all` (or `make run`)")
+        return
+    table = Table(title="fieldguide models (ZenML Model Control Plane)")
+    columns = ("model", "version", "stage", "approval", "by", "top1", "macro_f1", "ece", "dataset", "note")
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("top1", "macro_f1", "ece") else "left", overflow="fold")
+    styles = {"approved": "green", "rejected": "red", "gate_failed": "red", "pending": "yellow"}
+    for r in rows:
+        cells = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c] or "") for c in columns]
+        table.add_row(*cells, style=styles.get(r["approval"].split(" ")[0], ""))
+    Console(width=200).print(table)
+
+
+def _decide(action: str, model: str, version: str, by: str, note: str, force: bool) -> None:
+    from pipelines.registry import record_decision
+
+    found = record_decision(model, version, action, by, note, force)
+    record = found.run_metadata["approval"]
+    forced = " (forced past the quality gate)" if record.get("forced") else ""
+    click.echo(f"{model} v{found.number}: {record['state']} by {record['by']} at {record['at']}{forced}")
+
+
+_decision_options = [
+    click.argument("model"),
+    click.argument("version"),
+    click.option("--by", "by", required=True, help="Who decides (recorded with the version)."),
+    click.option("--note", default="", help="Why (recorded with the version)."),
+]
+
+
+def _with_decision_options(fn: object) -> object:
+    for option in reversed(_decision_options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@_with_decision_options
+@click.option("--force", is_flag=True, help="Approve even though the version failed the quality gate (recorded).")
+def approve(model: str, version: str, by: str, note: str, force: bool) -> None:
+    """Approve a pending model version (MODEL: router, child-<group>; VERSION: number, e.g. 3 or v3)."""
+    _decide("approve", model, version, by, note, force)
+
+
+@cli.command()
+@_with_decision_options
+def reject(model: str, version: str, by: str, note: str) -> None:
+    """Reject a model version, recording who and why."""
+    _decide("reject", model, version, by, note, False)
+
+
+@cli.command("evaluate-release")
+@click.option("--router", "router", default=None, help="Router version (default: latest).")
+@click.option("--child", "children", multiple=True, help="GROUP=VERSION for a child (default: latest of each).")
+@click.option("--config", "config", default=None, help="Release config YAML (default: configs/release.yaml).")
+def evaluate_release(router: str | None, children: tuple[str, ...], config: str | None) -> None:
+    """Two-stage evaluation of a release on the test split: router, oracle child, end-to-end for each k."""
+    from pipelines.registry import find_version, require_version
+    from pipelines.runner import known_groups, latest_shard_set_id, run_release_eval
+
+    shard_set_id = latest_shard_set_id()
+    picked = dict(c.split("=", 1) for c in children if "=" in c)
+    bad = [c for c in children if "=" not in c]
+    if bad:
+        raise click.UsageError(f"--child takes GROUP=VERSION, got {bad[0]!r}")
+    versions = {"router": str((find_version("router", router) if router else require_version("router")).id)}
+    for group in known_groups(shard_set_id):
+        name = f"child-{group}"
+        chosen = find_version(name, picked.pop(group)) if group in picked else require_version(name)
+        versions[name] = str(chosen.id)
+    if picked:
+        raise click.UsageError(f"unknown group(s) in --child: {', '.join(picked)}")
+    run_release_eval(ROOT, config, shard_set_id, versions)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Plots people would rather look at than read: training curves and tuning trials (PNG bytes)."""
+"""Plots people would rather look at than read: training curves, tuning trials, confusion matrix, reliability (PNG)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -54,4 +55,40 @@ def trials_plot(trials: list[Any], best_index: int) -> bytes:
     ax.set_ylabel("val accuracy")
     ax.set_title(f"tuning: {len(trials)} trials, best #{best_index}")
     ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def confusion_plot(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
+    """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = min(3 + 0.45 * len(classes), 14)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=classes).plot(
+        ax=ax, cmap="Greens", colorbar=False, xticks_rotation=45
+    )
+    ax.set_title(title)
+    return _png(fig)
+
+
+def reliability_plot(bins: list[dict[str, float]], ece: float, title: str) -> bytes:
+    """Reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration."""
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    if bins:
+        ax.bar(
+            [(b["lo"] + b["hi"]) / 2 for b in bins],
+            [b["accuracy"] for b in bins],
+            width=[b["hi"] - b["lo"] for b in bins],
+            edgecolor="black",
+            alpha=0.7,
+            label="accuracy",
+        )
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="tab:red", label="bins")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} (ECE {ece:.3f})")
+    ax.legend(loc="upper left")
     return _png(fig)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldguide.errors import FieldguideError
+from fieldguide.evaluation import GateConfig
 from fieldguide.loader import ShardDataset, make_loader
 from fieldguide.models import ModelBundle, ModelMeta, create_model, data_config_for, eval_transform, train_transform
 from fieldguide.shards import ShardSet, View, child_view, flat_view, parent_view
@@ -105,3 +106,15 @@ class ModelPipelineConfig:
     tuning: TuneConfig = field(default_factory=TuneConfig)
     # Base training parameters (tuned values override them).
     train: TrainParams = field(default_factory=TrainParams)
+    # Quality gate a trained version must pass to be eligible for approval.
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+@dataclass
+class ReleaseConfig:
+    """Parameters of the two-stage release evaluation (configs/release.yaml)."""
+
+    # Routing depths reported: p(species) sums over the top-k groups (k=1 is plain routing).
+    top_k: list[int] = field(default_factory=lambda: [1, 2, 3])
+    # Also train a flat classifier on all species (same backbone) and report it beside the two-stage model.
+    compare_flat: bool = False

@@ -14,9 +14,10 @@ def parent_pipeline(
     train: dict[str, Any],
     tuning: dict[str, Any],
     trials: list[dict[str, Any]],
+    gate: dict[str, Any],
     experiment_tracker: str = "",
     checkpoint_dir: str = "",
 ) -> Any:
     """Train the router that picks a plant group."""
     view = {"kind": "parent", "per_group": per_group}
-    return train_stage(shard_set_id, view, train, tuning, trials, experiment_tracker, checkpoint_dir)
+    return train_stage(shard_set_id, view, train, tuning, trials, gate, experiment_tracker, checkpoint_dir)

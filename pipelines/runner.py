@@ -10,7 +10,7 @@ from typing import Any
 from fieldguide.catalog import fingerprint, is_remote
 from fieldguide.config import DataConfig, from_dict, load_yaml
 from fieldguide.errors import ConfigError, FieldguideError
-from fieldguide.trainer import ModelPipelineConfig
+from fieldguide.trainer import ModelPipelineConfig, ReleaseConfig
 from fieldguide.tuning import sample_trials
 
 
@@ -109,6 +109,7 @@ def model_parameters(
         "train": dataclasses.asdict(cfg.train),
         "tuning": dataclasses.asdict(cfg.tuning),
         "trials": sample_trials(cfg.tuning),
+        "gate": dataclasses.asdict(cfg.gate),
         "experiment_tracker": cfg.experiment_tracker,
         "checkpoint_dir": cfg.checkpoint_dir,
     }
@@ -138,6 +139,15 @@ def run_parent(root: Path, config: str | None, no_cache: bool, shard_set_id: str
     return parent_pipeline.with_options(**options)(shard_set_id=shard_set_id or latest_shard_set_id(), **params)
 
 
+def run_flat(root: Path, config: str | None, no_cache: bool, shard_set_id: str | None = None) -> Any:
+    """Run the flat-classifier pipeline (the two-stage model's baseline) on a shard set (default: the newest)."""
+    from pipelines.flat import flat_pipeline
+
+    params, rest = model_parameters(root, "flat", config)
+    options = _options(rest, no_cache, "flat", "Flat baseline: photo → species, one model")
+    return flat_pipeline.with_options(**options)(shard_set_id=shard_set_id or latest_shard_set_id(), **params)
+
+
 def run_child(root: Path, group: str, config: str | None, no_cache: bool, shard_set_id: str | None = None) -> list:
     """Run the child pipeline of `group` ('all': one run per group) on a shard set (default: the newest)."""
     from pipelines.child import child_pipeline
@@ -161,7 +171,18 @@ def run_child(root: Path, group: str, config: str | None, no_cache: bool, shard_
 def run_pipeline(
     root: Path, pipeline: str, *, group: str | None, config: str | None, catalog: str | None, no_cache: bool
 ) -> None:
-    """Dispatch `--pipeline` to the pipeline runs it stands for."""
+    """Dispatch `--pipeline` to the pipeline runs it stands for; a failed run ends in one FieldguideError line."""
+    try:
+        _run_pipeline(root, pipeline, group=group, config=config, catalog=catalog, no_cache=no_cache)
+    except RuntimeError as exc:
+        if "Pipeline run has failed" not in str(exc):
+            raise
+        raise FieldguideError(f"{exc} (the step's log is above, and in the dashboard)") from None
+
+
+def _run_pipeline(
+    root: Path, pipeline: str, *, group: str | None, config: str | None, catalog: str | None, no_cache: bool
+) -> None:
     from stacks import ensure_repository
 
     if pipeline == "child" and not group:
@@ -177,25 +198,68 @@ def run_pipeline(
     if pipeline in ("child", "all"):
         for run in run_child(root, group or "all", config if pipeline == "child" else None, no_cache, shard_set_id):
             summarise_run(run)
+    if pipeline == "flat" or (pipeline == "all" and release_parameters(root, None).compare_flat):
+        summarise_run(run_flat(root, config if pipeline == "flat" else None, no_cache, shard_set_id))
+    if pipeline == "all":
+        run_release_eval(root, None, shard_set_id)
+
+
+def release_parameters(root: Path, config: str | None) -> ReleaseConfig:
+    """The validated release config (configs/release.yaml)."""
+    params, _ = split_run_config(config_path(root, "release", config))
+    return from_dict(ReleaseConfig, params, "parameters")
+
+
+def run_release_eval(
+    root: Path, config: str | None, shard_set_id: str | None = None, versions: dict[str, str] | None = None
+) -> Any:
+    """Two-stage evaluation of a release (default: the latest version of the router and of every child)."""
+    from pipelines.registry import require_version
+    from pipelines.release import release_eval_pipeline
+
+    cfg = release_parameters(root, config)
+    shard_set_id = shard_set_id or latest_shard_set_id()
+    if versions is None:
+        names = ["router"] + [f"child-{g}" for g in known_groups(shard_set_id)]
+        versions = {name: str(require_version(name).id) for name in names}
+    flat = str(require_version("flat").id) if cfg.compare_flat else ""
+    run = release_eval_pipeline(shard_set_id=shard_set_id, versions=versions, ks=cfg.top_k, flat_version=flat)
+    table = output_artifact(run, "evaluate_release", "two_stage_evaluation").load()
+    versions_used = ", ".join(f"{k} {v}" for k, v in table.versions.items())
+    print(f"run {run.name}: two-stage evaluation on {table.n} test images ({versions_used})")
+    for name, value in table.rows():
+        print(f"  {name:<42} {value:.3f}")
+    return run
+
+
+def output_artifact(run: Any, step: str, output: str) -> Any:
+    """The artifact version of a run's step output."""
+    from zenml.client import Client
+
+    return Client().get_pipeline_run(run.id).steps[step].outputs[output][0]
 
 
 def output_id(run: Any, step: str, output: str) -> str:
     """The artifact version id of a run's step output."""
-    from zenml.client import Client
-
-    return str(Client().get_pipeline_run(run.id).steps[step].outputs[output][0].id)
+    return str(output_artifact(run, step, output).id)
 
 
 def summarise_run(run: Any) -> None:
-    """Print one line per run: name, status, model version and key metrics."""
+    """Print one line per run: name, status, model version, key metrics and approval state."""
     from zenml.client import Client
+
+    from pipelines.registry import drop_duplicate
 
     run = Client().get_pipeline_run(run.id)
     line = f"run {run.name}: {run.status.value} ({len(run.steps)} steps)"
-    if "train_model" in run.steps:
-        model = run.steps["train_model"].outputs["model"][0]
-        meta = model.run_metadata
-        line += (
-            f"; model {run.model_version.model.name} v{run.model_version.number}: val_acc={meta.get('val_acc', 0):.3f}"
-        )
+    if "train_model" in run.steps and run.model_version is not None:
+        version = Client().get_model_version(model_version_name_or_number_or_id=run.model_version.id)
+        meta = version.run_metadata
+        label = f"{version.model.name} v{version.number}"
+        same_as = drop_duplicate(run)
+        if same_as:
+            line += f"; model unchanged (same weights as {version.model.name} {same_as}), no new version kept"
+        else:
+            approval = (meta.get("approval") or {}).get("state", "?")
+            line += f"; {label}: test_top1={meta.get('test_top1', 0):.3f} approval={approval}"
     print(line, flush=True)

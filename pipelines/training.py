@@ -1,9 +1,10 @@
-"""Shared wiring of the parent and child pipelines: tuning fan-out, fan-in, full training."""
+"""Shared wiring of the parent and child pipelines: tuning fan-out, fan-in, training, evaluation, registration."""
 
 from typing import Any
 
 from zenml.client import Client
 
+from steps.evaluate import evaluate_model, register_model, report_drift
 from steps.train import select_best, train_model, tune_trial
 
 
@@ -13,10 +14,11 @@ def train_stage(
     train: dict[str, Any],
     tuning: dict[str, Any],
     trials: list[dict[str, Any]],
+    gate: dict[str, Any],
     experiment_tracker: str,
     checkpoint_dir: str,
 ) -> Any:
-    """N trial steps (tune_trial_0..N-1) → select_best → train_model, all on the same shard set artifact."""
+    """tune_trial_0..N-1 → select_best → train_model → evaluate_model → report_drift → register_model."""
     shard_set = Client().get_artifact_version(shard_set_id)
     tracked = {"experiment_tracker": experiment_tracker} if experiment_tracker else {}
     nested = {"settings": {"experiment_tracker": {"nested": True}}} if experiment_tracker else {}
@@ -30,4 +32,9 @@ def train_stage(
     model, _ = train_model.with_options(**tracked)(
         shard_set=shard_set, view=view, train=train, best_params=best_params, checkpoint_dir=checkpoint_dir
     )
+    evaluation, reference, current = evaluate_model.with_options(**tracked)(
+        shard_set=shard_set, model=model, view=view, gate=gate
+    )
+    _, _, drift_summary = report_drift.with_options(**tracked)(reference_features=reference, current_features=current)
+    register_model(evaluation=evaluation, drift_summary=drift_summary)
     return model

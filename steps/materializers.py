@@ -15,6 +15,7 @@ from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from fieldguide.catalog import CatalogSnapshot
+from fieldguide.evaluation import Evaluation, render_report
 from fieldguide.manifest import Manifest
 from fieldguide.models import META, WEIGHTS, ModelBundle, load_bundle, save_bundle
 from fieldguide.plots import training_curves, trials_plot
@@ -23,6 +24,7 @@ from fieldguide.reports import qa_html
 from fieldguide.shards import SPLITS, ShardSet
 from fieldguide.trainer import TrainHistory
 from fieldguide.tuning import TrialResult, TuningSummary
+from fieldguide.twostage import TwoStageTable
 
 
 class JsonMaterializer(BaseMaterializer):
@@ -301,3 +303,47 @@ class ModelBundleMaterializer(BaseMaterializer):
             "classes": ", ".join(data.meta.classes),
             **data.meta.metrics,
         }
+
+
+class EvaluationMaterializer(JsonMaterializer):
+    """evaluation: metrics, per-class results and gate verdict; the HTML report and plots as visualizations."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (Evaluation,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+    FILENAME: ClassVar[str] = "evaluation.json"
+
+    def save_visualizations(self, data: Evaluation) -> dict[str, VisualizationType]:
+        """The report page, then the confusion matrix and the reliability diagram."""
+        page, pngs = render_report(data)
+        out = {self._write_text("report.html", page): VisualizationType.HTML}
+        out.update({self._write_bytes(name, png): VisualizationType.IMAGE for name, png in pngs.items()})
+        return out
+
+    def extract_metadata(self, data: Evaluation) -> dict[str, Any]:
+        """Headline metrics and the gate verdict."""
+        return {**data.metrics, "test_images": data.n, "gate_passed": bool(data.gate.get("passed"))}
+
+
+class TwoStageTableMaterializer(JsonMaterializer):
+    """two_stage_evaluation: the release's two-stage table, shown as HTML."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (TwoStageTable,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+    FILENAME: ClassVar[str] = "two_stage.json"
+
+    def save_visualizations(self, data: TwoStageTable) -> dict[str, VisualizationType]:
+        """The table as HTML."""
+        import html
+
+        rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{value:.4f}</td></tr>" for name, value in data.rows())
+        versions = ", ".join(f"{k} {v}" for k, v in data.versions.items())
+        page = (
+            "<html><body style='font-family:sans-serif'><h3>Two-stage evaluation on the test split "
+            f"({data.n} images)</h3><p>{html.escape(versions)}</p><table border=1 cellpadding=4 "
+            f"style='border-collapse:collapse'>{rows}</table></body></html>"
+        )
+        return {self._write_text("two_stage.html", page): VisualizationType.HTML}
+
+    def extract_metadata(self, data: TwoStageTable) -> dict[str, Any]:
+        """Every measure."""
+        return {name: value for name, value in data.rows()}

@@ -1,0 +1,107 @@
+"""Two-stage inference: p(species) = Σ over the top-k groups of p(group) · p(species | group)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fieldguide.evaluation import top_k_accuracy
+from fieldguide.loader import ShardDataset, make_loader
+from fieldguide.models import ModelBundle, eval_transform
+from fieldguide.shards import ShardSet, flat_view
+
+
+def combine(
+    p_group: np.ndarray, p_child: dict[int, np.ndarray], species_of: dict[int, list[int]], n_species: int, k: int
+) -> np.ndarray:
+    """Species probabilities from router and child probabilities, routing each row to its top-k groups.
+
+    Args:
+        p_group: (N, G) router probabilities.
+        p_child: group id → (N, S_g) child probabilities (every row, whatever its group).
+        species_of: group id → the global species id of each child label.
+        n_species: number of species overall.
+        k: groups kept per row (1 is plain routing).
+    """
+    out = np.zeros((p_group.shape[0], n_species), dtype=np.float64)
+    top = np.argsort(-p_group, axis=1)[:, :k]
+    rows = np.arange(p_group.shape[0])
+    for rank in range(top.shape[1]):
+        groups = top[:, rank]
+        for g in np.unique(groups):
+            sel = rows[groups == g]
+            out[np.ix_(sel, species_of[int(g)])] += p_group[sel, g][:, None] * p_child[int(g)][sel]
+    return out
+
+
+@dataclass
+class TwoStageTable:
+    """Two-stage evaluation of a release on the whole test split (recorded with the release)."""
+
+    n: int
+    router_acc: float
+    oracle_child_acc: float  # child accuracy when the true group is given
+    end_to_end: dict[str, float]  # "top1@k=1" … accuracies of the combined prediction per routing k
+    flat_acc: float | None = None  # flat classifier of the same backbone on all species, when one is trained
+    versions: dict[str, str] = field(default_factory=dict)  # model name → version
+
+    def rows(self) -> list[tuple[str, float]]:
+        """(measure, value) rows for printing."""
+        rows = [("router accuracy (group)", self.router_acc)]
+        rows.append(("oracle child accuracy (true group)", self.oracle_child_acc))
+        rows += [(f"end-to-end accuracy, {name}", acc) for name, acc in self.end_to_end.items()]
+        if self.flat_acc is not None:
+            rows.append(("flat classifier accuracy", self.flat_acc))
+        return rows
+
+
+@torch.no_grad()
+def _probs(bundle: ModelBundle, shard_set: ShardSet) -> tuple[np.ndarray, np.ndarray]:
+    """A model's probabilities and the global species labels over the test split, in shard order."""
+    view = flat_view(shard_set)
+    loader = make_loader(ShardDataset(shard_set, "test", view, eval_transform(bundle.meta.data_config)), 64)
+    probs, labels = [], []
+    for x, y in loader:
+        probs.append(bundle.model.eval()(x).float().softmax(1).numpy())
+        labels.append(y.numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def evaluate_release(
+    router: ModelBundle,
+    children: dict[str, ModelBundle],
+    shard_set: ShardSet,
+    ks: tuple[int, ...] = (1, 2, 3),
+    flat: ModelBundle | None = None,
+) -> TwoStageTable:
+    """Router accuracy, oracle child accuracy and end-to-end accuracy for each routing k (and the flat baseline)."""
+    species = shard_set.classes.species
+    groups = list(router.meta.classes)
+    p_group, labels = _probs(router, shard_set)
+    true_group = np.array([groups.index(shard_set.classes.species_group[species[s]]) for s in labels])
+    p_child, species_of = {}, {}
+    for g, name in enumerate(groups):
+        p_child[g], _ = _probs(children[name], shard_set)
+        species_of[g] = [species.index(s) for s in children[name].meta.classes]
+    oracle = np.zeros((len(labels), len(species)))
+    for g in range(len(groups)):
+        sel = true_group == g
+        oracle[np.ix_(sel, species_of[g])] = p_child[g][sel]
+    end_to_end = {
+        f"top1@k={k}": top_k_accuracy(labels, combine(p_group, p_child, species_of, len(species), k), 1)
+        for k in ks
+        if k <= len(groups)
+    }
+    flat_acc = None
+    if flat is not None:
+        p_flat, _ = _probs(flat, shard_set)
+        flat_acc = top_k_accuracy(labels, p_flat, 1)
+    return TwoStageTable(
+        n=len(labels),
+        router_acc=top_k_accuracy(true_group, p_group, 1),
+        oracle_child_acc=top_k_accuracy(labels, oracle, 1),
+        end_to_end=end_to_end,
+        flat_acc=flat_acc,
+    )

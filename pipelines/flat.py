@@ -1,0 +1,21 @@
+"""The flat pipeline: one classifier over all species, the baseline the two-stage model is compared with."""
+
+from typing import Any
+
+from zenml import pipeline
+
+from pipelines.training import train_stage
+
+
+@pipeline(name="fieldguide_flat")
+def flat_pipeline(
+    shard_set_id: str,
+    train: dict[str, Any],
+    tuning: dict[str, Any],
+    trials: list[dict[str, Any]],
+    gate: dict[str, Any],
+    experiment_tracker: str = "",
+    checkpoint_dir: str = "",
+) -> Any:
+    """Train the flat species classifier."""
+    return train_stage(shard_set_id, {"kind": "flat"}, train, tuning, trials, gate, experiment_tracker, checkpoint_dir)
