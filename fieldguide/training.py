@@ -211,6 +211,8 @@ def fit(
             leave=False,
         )
         for x, y in bar:
+            if len(y) < 2:
+                continue  # a lone trailing image: BatchNorm cannot train on a batch of one
             x, y = _to_device(x, y, device)
             with autocast():
                 logits = model(x)
