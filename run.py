@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import click
 
 ROOT = Path(__file__).resolve().parent
-PIPELINES = ("data", "parent", "child", "flat", "all")
+PIPELINES = ("data", "parent", "child", "flat", "all", "deploy")
 
 
 def _configure_environment() -> None:
@@ -27,6 +28,7 @@ def _configure_environment() -> None:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",
+        "BENTOML_HOME": str(state / "bentoml"),
         "TOKENIZERS_PARALLELISM": "false",
     }.items():
         os.environ.setdefault(key, value)
@@ -40,7 +42,9 @@ Examples:
   python run.py --pipeline child --group succulents  train one child model
   python run.py data qa cat.csv --json               QA outside any pipeline
   python run.py models                               registry: versions, stages, approval, metrics
-  python run.py approve router 3 --by alice          approve a pending version
+  python run.py approve router 3 --by alice          approve a pending version (rolls it out)
+  python run.py status                               staging and production: releases, ports, health
+  python run.py rollback                             production back to the previous release
 """
 
 
@@ -49,7 +53,8 @@ Examples:
     "--pipeline",
     type=click.Choice(PIPELINES),
     help="Pipeline to run: data (QA, manifest, shards), parent (router), child (one group), "
-    "flat (one all-species baseline), all (data, parent, every child, two-stage evaluation).",
+    "flat (one all-species baseline), all (data, parent, every child, two-stage evaluation), "
+    "deploy (newest approved versions → staging → tests → production).",
 )
 @click.option(
     "--group", "group", default=None, help="Child pipeline: a plant group name, or 'all' for one run per group."
@@ -255,7 +260,7 @@ def models(model: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.registry import models_rows
+    from steps.registry import models_rows
 
     rows = [r for r in models_rows() if model is None or r["model"] == model]
     if not rows:
@@ -272,13 +277,19 @@ def models(model: str | None) -> None:
     Console(width=200).print(table)
 
 
-def _decide(action: str, model: str, version: str, by: str, note: str, force: bool) -> None:
-    from pipelines.registry import record_decision
+def _decide(action: str, model: str, version: str, by: str, note: str, force: bool, deploy: bool = False) -> None:
+    from steps.registry import record_decision
 
     found = record_decision(model, version, action, by, note, force)
     record = found.run_metadata["approval"]
     forced = " (forced past the quality gate)" if record.get("forced") else ""
     click.echo(f"{model} v{found.number}: {record['state']} by {record['by']} at {record['at']}{forced}")
+    if deploy:
+        from pipelines.rollout import deploy_after_approval
+        from pipelines.runner import pipeline_errors
+
+        with pipeline_errors():
+            deploy_after_approval(ROOT, model, found, by)
 
 
 _decision_options = [
@@ -298,9 +309,10 @@ def _with_decision_options(fn: object) -> object:
 @cli.command()
 @_with_decision_options
 @click.option("--force", is_flag=True, help="Approve even though the version failed the quality gate (recorded).")
-def approve(model: str, version: str, by: str, note: str, force: bool) -> None:
-    """Approve a pending model version (MODEL: router, child-<group>; VERSION: number, e.g. 3 or v3)."""
-    _decide("approve", model, version, by, note, force)
+@click.option("--no-deploy", is_flag=True, help="Only record the approval; do not start the rollout.")
+def approve(model: str, version: str, by: str, note: str, force: bool, no_deploy: bool) -> None:
+    """Approve a model version and roll it out (MODEL: router, child-<group>; VERSION: e.g. 3 or v3)."""
+    _decide("approve", model, version, by, note, force, deploy=not no_deploy)
 
 
 @cli.command()
@@ -316,8 +328,8 @@ def reject(model: str, version: str, by: str, note: str) -> None:
 @click.option("--config", "config", default=None, help="Release config YAML (default: configs/release.yaml).")
 def evaluate_release(router: str | None, children: tuple[str, ...], config: str | None) -> None:
     """Two-stage evaluation of a release on the test split: router, oracle child, end-to-end for each k."""
-    from pipelines.registry import find_version, require_version
     from pipelines.runner import known_groups, latest_shard_set_id, run_release_eval
+    from steps.registry import find_version, require_version
 
     shard_set_id = latest_shard_set_id()
     picked = dict(c.split("=", 1) for c in children if "=" in c)
@@ -334,9 +346,91 @@ def evaluate_release(router: str | None, children: tuple[str, ...], config: str 
     run_release_eval(ROOT, config, shard_set_id, versions)
 
 
+@cli.command()
+def releases() -> None:
+    """List releases: id, model versions, created, approved by, status, two-stage accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from steps.registry import release_record, release_versions
+
+    versions = release_versions()
+    if not versions:
+        click.echo("no releases yet: approve model versions (or run `make run`)")
+        return
+    table = Table(title="fieldguide releases")
+    for col in ("release", "status", "models", "created", "approved by", "end-to-end acc"):
+        table.add_column(col, overflow="fold")
+    styles = {"production": "green", "failed": "red"}
+    for v in versions:
+        rec = release_record(v.name)
+        acc = next((f"{x:.3f}" for k, x in rec.get("evaluation", {}).items() if k.startswith("end-to-end")), "")
+        models = ", ".join(f"{k} {x}" for k, x in rec.get("versions", {}).items())
+        status = rec.get("status", "?")
+        table.add_row(
+            v.name,
+            status,
+            models,
+            rec.get("created", ""),
+            rec.get("approved_by", ""),
+            acc,
+            style=styles.get(status, ""),
+        )
+    Console(width=200).print(table)
+
+
+@cli.command()
+@click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
+def rollback(config: str | None) -> None:
+    """Switch production back to the previous release (staging, tests, blue/green swap)."""
+    from pipelines.rollout import rollback as do_rollback
+
+    click.echo(f"production is now {do_rollback(ROOT, config)}")
+
+
+@cli.command()
+def status() -> None:
+    """Staging and production: release, URL, pid and health."""
+    from pipelines.rollout import status_rows
+
+    for row in status_rows():
+        cells = (row["role"], row["release"] or "-", row["url"] or "-", f"pid {row['pid'] or '-'}", row["health"])
+        click.echo("{:<22} {:<18} {:<24} {:<10} {}".format(*cells))
+
+
+@cli.command()
+def stop() -> None:
+    """Stop the staging, production and gateway servers this project started."""
+    from pipelines.rollout import stop_all
+
+    stopped = stop_all()
+    click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+@cli.command()
+@click.option("--interval", type=click.FloatRange(1), default=15, show_default=True, help="Seconds between polls.")
+@click.option("--once", is_flag=True, help="Poll once and exit.")
+def watch(interval: float, once: bool) -> None:
+    """Roll out approvals made anywhere (CLI, dashboard tag `approved`) by polling the registry."""
+    from pipelines.rollout import watch as do_watch
+
+    do_watch(ROOT, interval, once)
+
+
+@cli.command()
+@click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
+def serve(config: str | None) -> None:
+    """Serve the current production release (starting it if it is not running) and print its URL."""
+    from pipelines.rollout import serve_production
+
+    url = serve_production(ROOT, config)
+    click.echo(f"production: {url}  (try: curl -F file=@photo.jpg {url}/classify)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one line on stderr and exit code 2."""
     _configure_environment()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # health polls would print one line each
     sys.path.insert(0, str(ROOT))
     from fieldguide.errors import FieldguideError
 

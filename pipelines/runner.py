@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +174,20 @@ def run_pipeline(
     root: Path, pipeline: str, *, group: str | None, config: str | None, catalog: str | None, no_cache: bool
 ) -> None:
     """Dispatch `--pipeline` to the pipeline runs it stands for; a failed run ends in one FieldguideError line."""
-    try:
+    with pipeline_errors():
+        if pipeline == "deploy":
+            from pipelines.rollout import run_deploy
+
+            run_deploy(root, config)
+            return
         _run_pipeline(root, pipeline, group=group, config=config, catalog=catalog, no_cache=no_cache)
+
+
+@contextlib.contextmanager
+def pipeline_errors() -> Iterator[None]:
+    """Turn ZenML's "Pipeline run has failed" into one FieldguideError line."""
+    try:
+        yield
     except RuntimeError as exc:
         if "Pipeline run has failed" not in str(exc):
             raise
@@ -214,8 +228,8 @@ def run_release_eval(
     root: Path, config: str | None, shard_set_id: str | None = None, versions: dict[str, str] | None = None
 ) -> Any:
     """Two-stage evaluation of a release (default: the latest version of the router and of every child)."""
-    from pipelines.registry import require_version
     from pipelines.release import release_eval_pipeline
+    from steps.registry import require_version
 
     cfg = release_parameters(root, config)
     shard_set_id = shard_set_id or latest_shard_set_id()
@@ -248,7 +262,7 @@ def summarise_run(run: Any) -> None:
     """Print one line per run: name, status, model version, key metrics and approval state."""
     from zenml.client import Client
 
-    from pipelines.registry import drop_duplicate
+    from steps.registry import drop_duplicate
 
     run = Client().get_pipeline_run(run.id)
     line = f"run {run.name}: {run.status.value} ({len(run.steps)} steps)"

@@ -21,7 +21,9 @@ from fieldguide.models import META, WEIGHTS, ModelBundle, load_bundle, save_bund
 from fieldguide.plots import training_curves, trials_plot
 from fieldguide.qa import QAResult, ValidImages
 from fieldguide.reports import qa_html
+from fieldguide.serving import Release
 from fieldguide.shards import SPLITS, ShardSet
+from fieldguide.staging import StagingReport
 from fieldguide.trainer import TrainHistory
 from fieldguide.tuning import TrialResult, TuningSummary
 from fieldguide.twostage import TwoStageTable
@@ -347,3 +349,43 @@ class TwoStageTableMaterializer(JsonMaterializer):
     def extract_metadata(self, data: TwoStageTable) -> dict[str, Any]:
         """Every measure."""
         return {name: value for name, value in data.rows()}
+
+
+class ReleaseMaterializer(JsonMaterializer):
+    """release: the release record (ids, model versions, two-stage evaluation, serving config)."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (Release,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+    FILENAME: ClassVar[str] = "release.json"
+
+    def extract_metadata(self, data: Release) -> dict[str, Any]:
+        """Id and versions."""
+        return {"release": data.id, **data.versions}
+
+
+class StagingReportMaterializer(JsonMaterializer):
+    """staging_report: every staging check, shown as a table."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (StagingReport,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+    FILENAME: ClassVar[str] = "staging.json"
+
+    def save_visualizations(self, data: StagingReport) -> dict[str, VisualizationType]:
+        """The checks as an HTML table."""
+        import html
+
+        rows = "".join(
+            f"<tr style='color:{'#070' if c.passed else '#b00'}'><td>{html.escape(c.name)}</td>"
+            f"<td>{'ok' if c.passed else 'FAIL'}</td><td>{html.escape(c.detail)}</td></tr>"
+            for c in data.checks
+        )
+        page = (
+            f"<html><body style='font-family:sans-serif'><h3>Staging tests of {html.escape(data.release)}: "
+            f"{'passed' if data.passed else 'FAILED'}</h3><table border=1 cellpadding=4 "
+            f"style='border-collapse:collapse'>{rows}</table></body></html>"
+        )
+        return {self._write_text("staging.html", page): VisualizationType.HTML}
+
+    def extract_metadata(self, data: StagingReport) -> dict[str, Any]:
+        """The verdict."""
+        return {"passed": data.passed, "failed_checks": ", ".join(c.name for c in data.checks if not c.passed)}

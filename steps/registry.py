@@ -1,10 +1,12 @@
-"""The Model Control Plane as the registry of record: listing, approval decisions, release version lookup."""
+"""The Model Control Plane as the registry of record: model versions, approvals, releases and their stages."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fieldguide.registry import STATES, ApprovalError, decide
+from fieldguide.deploy import RELEASE_MODEL
+from fieldguide.registry import APPROVED, STATES, ApprovalError, decide
+from fieldguide.serving import Release
 
 
 def _client() -> Any:
@@ -14,8 +16,8 @@ def _client() -> Any:
 
 
 def model_names() -> list[str]:
-    """Registered fieldguide models: router first, then the children by name."""
-    names = sorted(m.name for m in _client().list_models(size=1000))
+    """Registered fieldguide models (not releases): router first, then the children and flat by name."""
+    names = sorted(m.name for m in _client().list_models(size=1000) if m.name != RELEASE_MODEL)
     return sorted(names, key=lambda n: (n != "router", n))
 
 
@@ -107,3 +109,81 @@ def drop_duplicate(run: Any) -> str:
     if same_as:
         _client().delete_model_version(version.id)
     return str(same_as or "")
+
+
+def release_versions() -> list[Any]:
+    """Every release record (versions of the fieldguide-release model), oldest first."""
+    try:
+        return list_versions(RELEASE_MODEL)
+    except KeyError:
+        return []
+
+
+def release_record(name: str) -> dict[str, Any]:
+    """The latest `release` metadata of a release version."""
+    version = _client().get_model_version(RELEASE_MODEL, name)
+    return dict(version.run_metadata.get("release") or {})
+
+
+def _set_release(release_id: str, **changes: Any) -> None:
+    from zenml import log_metadata
+
+    record = release_record(release_id) | changes
+    log_metadata(metadata={"release": record}, model_name=RELEASE_MODEL, model_version=release_id)
+
+
+def mark_failed(release: Release, output: str) -> None:
+    """Record a release as failed with its staging test output."""
+    _set_release(release.id, status="failed", failure=output)
+
+
+def mark_promoted(release: Release) -> None:
+    """Record a release as production; the previous production release becomes archived.
+
+    Its model versions and the release version go to stage production (ZenML archives the previous ones).
+    """
+    client = _client()
+    for previous in release_versions():
+        if previous.name != release.id and release_record(previous.name).get("status") == "production":
+            _set_release(previous.name, status="archived")
+    for version_id in release.version_ids.values():
+        version = client.get_model_version(model_version_name_or_number_or_id=_uuid(version_id))
+        client.update_model_version(version.model.id, version.id, stage="production", force=True)
+        log_metadata_deployed(version.id, release.id)
+    release_version = client.get_model_version(RELEASE_MODEL, release.id)
+    client.update_model_version(release_version.model.id, release_version.id, stage="production", force=True)
+    _set_release(release.id, status="production")
+
+
+def log_metadata_deployed(version_id: Any, release_id: str) -> None:
+    """Note on a model version that it went out with a release."""
+    from zenml import log_metadata
+
+    log_metadata(metadata={"deployed_in": release_id}, model_version_id=version_id)
+
+
+def _uuid(value: str) -> Any:
+    from uuid import UUID
+
+    return UUID(value)
+
+
+def candidate_versions(model: str, version: Any, groups: list[str]) -> dict[str, str] | None:
+    """The approved `version` of `model` plus the production version of every other model of the release.
+
+    Before a first release the newest approved version stands in for production; None while a model has neither.
+    """
+    out = {model: str(version.id)}
+    for name in ["router"] + [f"child-{g}" for g in groups]:
+        if name == model:
+            continue
+        chosen = None
+        try:
+            chosen = require_version(name, "production")
+        except ApprovalError:
+            approved = [v for v in list_versions(name) if approval_of(v).get("state") == APPROVED]
+            chosen = approved[-1] if approved else None
+        if chosen is None:
+            return None
+        out[name] = str(chosen.id)
+    return out

@@ -1,0 +1,94 @@
+"""BentoML service of fieldguide's two-stage classifier (one release: a router and one child per group).
+
+`bentoml serve bentos.service:Classifier` serves the newest `fieldguide-release` in the BentoML model store;
+a bento built by the deploy pipeline pins its release (FIELDGUIDE_RELEASE=fieldguide-release:<id> at build time).
+Preprocessing and the two-stage forward are fieldguide's own (fieldguide.serving), the functions evaluation used.
+
+HTTP routes: POST /classify (multipart field `file`), GET /release, and BentoML's /healthz, /livez, /readyz,
+/metrics. /classify is a FastAPI route on the BentoML service rather than a @bentoml.api: BentoML 1.4.40's own
+multipart parser answers 500 to an upload under an unexpected field name with non-UTF-8 bytes, and every bad
+request must get a 4xx. The forward itself is a @bentoml.api with adaptive batching in a dependent service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+RELEASE = bentoml.models.BentoModel(os.environ.get("FIELDGUIDE_RELEASE", "fieldguide-release:latest"))
+
+http = FastAPI(title="fieldguide two-stage classifier")
+
+
+@bentoml.service(name="fieldguide-model", workers=1, traffic={"timeout": 60})
+class TwoStageModel:
+    """The models: router and children in memory, forwards batched across concurrent requests."""
+
+    release = RELEASE
+
+    def __init__(self) -> None:
+        from fieldguide.serving import TwoStagePredictor
+
+        self.predictor = TwoStagePredictor(Path(self.release.path))
+
+    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=300)
+    def forward_batched(self, x: np.ndarray) -> np.ndarray:
+        """Adaptive batching: rows of concurrent requests share one forward."""
+        return self.predictor.forward(x)
+
+    @bentoml.api
+    def forward_single(self, x: np.ndarray) -> np.ndarray:
+        """One request, one forward (serving config `batching: false`)."""
+        return self.predictor.forward(x)
+
+
+@bentoml.asgi_app(http, path="/")
+@bentoml.service(name="fieldguide", workers=1, traffic={"timeout": 60, "max_concurrency": 128})
+class Classifier:
+    """HTTP front: validation and preprocessing per request, then the batched two-stage forward."""
+
+    release = RELEASE
+    model = bentoml.depends(TwoStageModel)
+
+    def __init__(self) -> None:
+        from fieldguide.serving import TwoStagePredictor
+
+        # Release metadata and the transform only; the weights live in the model service.
+        self.predictor = TwoStagePredictor(Path(self.release.path), load_models=False)
+
+    @http.get("/release")
+    def release_info(self) -> dict[str, Any]:
+        """The release id, model versions, evaluation table and serving config."""
+        from dataclasses import asdict
+
+        return asdict(self.predictor.release)
+
+    @http.post("/classify")
+    async def classify(self, request: Request, file: UploadFile = File(...)) -> Any:  # noqa: B008 - FastAPI idiom
+        """An image upload → top-k species with probabilities, the group, the release's versions, the latency."""
+        from fieldguide.serving import BadRequest
+
+        start = time.perf_counter()
+        limit = self.predictor.config.max_bytes
+        try:
+            declared = int(request.headers.get("content-length") or 0)
+            if declared > limit + 64 * 1024:  # multipart framing on top of the file itself
+                raise BadRequest("too_large", f"request is {declared} bytes; the upload limit is {limit}")
+            data = await file.read(limit + 1)
+            x = await asyncio.to_thread(self.predictor.decode, data)
+        except BadRequest as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        x = x.numpy()[None]
+        if self.predictor.config.batching:
+            rows = await self.model.to_async.forward_batched(x)
+        else:
+            rows = await self.model.to_async.forward_single(x)
+        return self.predictor.describe(rows[0], (time.perf_counter() - start) * 1000)
