@@ -57,11 +57,16 @@ class Release:
     status: str = "candidate"  # candidate, staging, production, failed, archived
     serving: ServingConfig = field(default_factory=ServingConfig)
     evaluation: dict[str, float] = field(default_factory=dict)  # the two-stage table of this release
+    dataset_version: str = ""  # the dataset whose test split `evaluation` was measured on
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Release:
         """Inverse of dataclasses.asdict."""
         return cls(**{**data, "serving": ServingConfig(**data.get("serving", {}))})
+
+    def end_to_end_accuracy(self) -> float | None:
+        """The two-stage end-to-end accuracy recorded at assembly (at the served routing k)."""
+        return next((v for k, v in self.evaluation.items() if k.startswith("end-to-end")), None)
 
 
 def write_release(release: Release, bundles: dict[str, ModelBundle], folder: Path) -> Path:

@@ -11,6 +11,7 @@ from typing import Any
 
 from fieldguide.config import from_dict
 from fieldguide.deploy import (
+    BENTO_NAME,
     RELEASE_MODEL,
     DeployConfig,
     ServingState,
@@ -144,13 +145,12 @@ def rollback(root: Path, config: str | None = None) -> str:
     from zenml.client import Client
 
     shard_set = Client().get_artifact_version(latest_shard_set_id()).load()
-    key = next(k for k in release.evaluation if k.startswith("end-to-end"))
     report = run_staging_tests(
         state.staging.url,
         release.id,
         TwoStagePredictor(release_dir),
         held_out_samples(shard_set, cfg.accuracy_sample),
-        release.evaluation[key],
+        release.end_to_end_accuracy() or 0.0,
         cfg,
     )
     if not report.passed:
@@ -207,21 +207,20 @@ def stop_all() -> list[str]:
 
 def serve_production(root: Path, config: str | None = None) -> str:
     """Make sure the production release is being served (gateway + backend); return its URL."""
-    from steps.registry import release_record, release_versions
+    from steps.registry import production_release
 
     cfg, _ = deploy_parameters(root, config)
     folder = serving_dir()
     state = ServingState.load(folder)
     if health(state.gateway, "/_gateway") == "healthy" and health(state.production) == "healthy":
         return state.gateway.url if state.gateway else ""
-    live = [v.name for v in release_versions() if release_record(v.name).get("status") == "production"]
-    if not live:
+    live = production_release()
+    if live is None:
         raise FieldguideError("no release in production yet: approve model versions, or run `make run`")
-    bento = f"fieldguide:{live[-1]}"
     stop(state.production)
-    server = start_bento(bento, live[-1], free_port(), folder / "logs", cfg.start_timeout_s)
+    server = start_bento(f"{BENTO_NAME}:{live.id}", live.id, free_port(), folder / "logs", cfg.start_timeout_s)
     state.production = None
-    state.history = [h for h in state.history if h["release"] != live[-1]]
+    state.history = [h for h in state.history if h["release"] != live.id]
     switch_production(state, folder, server, cfg)
     return f"http://127.0.0.1:{cfg.production_port}"
 

@@ -187,3 +187,9 @@ def candidate_versions(model: str, version: Any, groups: list[str]) -> dict[str,
             return None
         out[name] = str(chosen.id)
     return out
+
+
+def production_release() -> Release | None:
+    """The release in production now, if any."""
+    live = [v for v in release_versions() if release_record(v.name).get("status") == "production"]
+    return Release.from_dict(release_record(live[-1].name)) if live else None

@@ -91,3 +91,19 @@ def child_run(shard_set_id):
     from zenml.client import Client
 
     return Client().get_pipeline_run(run.id)
+
+
+@pytest.fixture(scope="session")
+def release_versions(shard_set_id) -> dict[str, str]:
+    """A router and one child per group, trained well enough to serve (model name → model version id)."""
+    from zenml.client import Client
+
+    from pipelines.runner import run_child, run_parent
+
+    runs = [run_parent(ROOT, str(ROOT / "tests/configs/parent_serve.yaml"), False, shard_set_id=shard_set_id)]
+    runs += run_child(ROOT, "all", str(ROOT / "tests/configs/child_serve.yaml"), False, shard_set_id=shard_set_id)
+    out = {}
+    for run in runs:
+        version = Client().get_pipeline_run(run.id).model_version
+        out[version.model.name] = str(version.id)
+    return out

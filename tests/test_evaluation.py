@@ -1,6 +1,7 @@
 """Evaluation, quality gate, registry approval and the two-stage combination."""
 
 import json
+from uuid import UUID
 
 import numpy as np
 import pytest
@@ -130,21 +131,22 @@ def test_bad_model_fails_gate_and_needs_force(shard_set_id):
     assert "approved (forced)" in listing.stdout and "tester" in listing.stdout
 
 
-def test_release_evaluation_table(shard_set_id, child_run):
+def test_release_evaluation_table(release_versions):
     """Acceptance 2: router + children → the two-stage table printed and recorded."""
     from zenml.client import Client
 
-    from pipelines.runner import run_child, run_parent
-
-    run_parent(ROOT, str(ROOT / "tests/configs/parent_tiny.yaml"), False, shard_set_id=shard_set_id)
-    run_child(ROOT, "flowers", str(ROOT / "tests/configs/child_tiny.yaml"), False, shard_set_id=shard_set_id)
-    ferns = Client().get_model_version("child-ferns", 1)  # whatever the bad-model test left: any version will do
-    res = run_cli("evaluate-release", "--child", f"ferns={ferns.number}")
+    child_args = []
+    for name, version_id in release_versions.items():
+        if name.startswith("child-"):
+            number = Client().get_model_version(model_version_name_or_number_or_id=UUID(version_id)).number
+            child_args += ["--child", f"{name.removeprefix('child-')}={number}"]
+    router = Client().get_model_version(model_version_name_or_number_or_id=UUID(release_versions["router"]))
+    res = run_cli("evaluate-release", "--router", str(router.number), *child_args)
     assert res.returncode == 0, res.stderr[-2000:]
     for line in ("router accuracy (group)", "oracle child accuracy", "top1@k=1", "top1@k=2", "top1@k=3"):
         assert line in res.stdout
-    router = Client().get_model_version("router", "latest")
-    recorded = router.run_metadata["two_stage_evaluation"]
+    recorded = Client().get_model_version("router", router.number).run_metadata["two_stage_evaluation"]
     assert set(recorded["versions"]) == {"router", "child-ferns", "child-flowers", "child-succulents"}
-    assert 0.0 <= recorded["end-to-end accuracy, top1@k=1"] <= 1.0
+    assert recorded["versions"]["router"] == f"v{router.number}"
+    assert 0.0 <= recorded["end-to-end accuracy, top1@k=1"] <= recorded["oracle child accuracy (true group)"] + 1e-9
     json.dumps(recorded)

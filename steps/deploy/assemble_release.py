@@ -35,6 +35,7 @@ def assemble_release(
         status="candidate",
         serving=config,
         evaluation={name: value for name, value in table.rows()},
+        dataset_version=shard_set.dataset_version,
     )
     tag = save_release_model(release, {name: bundle for name, (_, bundle) in loaded.items()})
     print(f"release {release.id}: {release.versions}; BentoML model {tag}")

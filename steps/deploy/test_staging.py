@@ -13,6 +13,7 @@ from fieldguide.serving import Release, TwoStagePredictor
 from fieldguide.shards import ShardSet
 from fieldguide.staging import StagingReport, held_out_samples, run_staging_tests
 from steps.materializers import StagingReportMaterializer
+from steps.registry import production_release
 
 
 @step(enable_cache=False, output_materializers={"staging_report": StagingReportMaterializer})
@@ -25,14 +26,16 @@ def test_staging(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the checks
     cfg = from_dict(DeployConfig, deploy, "deploy")
     predictor = TwoStagePredictor(Path(bentoml.models.get(f"{RELEASE_MODEL}:{release.id}").path))
-    key = next(k for k in release.evaluation if k.startswith("end-to-end"))
+    production = production_release()
+    same_split = production is not None and production.dataset_version == release.dataset_version
     report = run_staging_tests(
         f"http://127.0.0.1:{staging_server['port']}",
         release.id,
         predictor,
         held_out_samples(shard_set, cfg.accuracy_sample),
-        release.evaluation[key],
+        release.end_to_end_accuracy() or 0.0,
         cfg,
+        production_accuracy=production.end_to_end_accuracy() if same_split and production else None,
     )
     log_metadata(metadata={"staging": {"passed": report.passed, "checks": [asdict(c) for c in report.checks]}})
     return report
