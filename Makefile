@@ -20,7 +20,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lint format dashboard mlflow-ui stack-local clean demo
+.PHONY: install run test lint format dashboard mlflow-ui serve stop bench stack-local clean demo
 
 # Reinstall only when requirements.txt changed (its hash is stamped inside the venv).
 install: $(STAMP)
@@ -40,6 +40,8 @@ run: install
 	@if [ -z "$(CATALOG)" ] && [ ! -f "$(DEMO_DIR)/catalog.csv" ]; then \
 		$(PY) run.py data demo --out "$(DEMO_DIR)"; fi
 	$(PY) run.py --pipeline all --catalog "$(if $(CATALOG),$(CATALOG),$(DEMO_DIR)/catalog.csv)"
+	@echo "Demo only: approving the pending versions as the labelled demo approver 'make-run' (in real use a person decides)."
+	$(PY) run.py approve-pending --by make-run --note "demo approval by make run"
 
 test: install
 	$(VENV)/bin/ruff check .
@@ -59,6 +61,15 @@ dashboard: install
 
 mlflow-ui: install
 	$(PY) run.py mlflow-ui
+
+serve: install
+	$(PY) run.py serve
+
+stop: install
+	$(PY) run.py stop
+
+bench: install
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(FIELDGUIDE_HOME) .pytest_cache .ruff_cache

@@ -346,6 +346,18 @@ def evaluate_release(router: str | None, children: tuple[str, ...], config: str 
     run_release_eval(ROOT, config, shard_set_id, versions)
 
 
+@cli.command("approve-pending")
+@click.option("--by", "by", required=True, help="Who approves (recorded; `make run` uses the demo approver make-run).")
+@click.option("--note", default="", help="Why (recorded with every version).")
+def approve_pending(by: str, note: str) -> None:
+    """Approve the newest pending version of the router and of every child, then roll them out as one release."""
+    from pipelines.rollout import approve_pending_and_deploy
+
+    url = approve_pending_and_deploy(ROOT, by, note)
+    click.echo(f"production: {url}")
+    click.echo(f"  try: curl -F file=@photo.jpg {url}/classify")
+
+
 @cli.command()
 def releases() -> None:
     """List releases: id, model versions, created, approved by, status, two-stage accuracy."""

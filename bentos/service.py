@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 RELEASE = bentoml.models.BentoModel(os.environ.get("FIELDGUIDE_RELEASE", "fieldguide-release:latest"))
 
 http = FastAPI(title="fieldguide two-stage classifier")
+FORWARD_ATTEMPTS = 3
 
 
 @bentoml.service(name="fieldguide-model", workers=1, traffic={"timeout": 60})
@@ -86,9 +87,25 @@ class Classifier:
             x = await asyncio.to_thread(self.predictor.decode, data)
         except BadRequest as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
-        x = x.numpy()[None]
-        if self.predictor.config.batching:
-            rows = await self.model.to_async.forward_batched(x)
-        else:
-            rows = await self.model.to_async.forward_single(x)
+        rows = await self._forward(x.numpy()[None])
         return self.predictor.describe(rows[0], (time.perf_counter() - start) * 1000)
+
+    async def _forward(self, x: np.ndarray) -> np.ndarray:
+        """The model service's forward, retried when its keep-alive connection drops (the call is idempotent)."""
+        import aiohttp
+
+        call = (
+            self.model.to_async.forward_batched
+            if self.predictor.config.batching
+            else self.model.to_async.forward_single
+        )
+        for attempt in range(FORWARD_ATTEMPTS):
+            try:
+                return await call(x)
+            except aiohttp.ClientConnectionError:
+                # BentoML 1.4.40's service-to-service client does not retry a pooled connection the model
+                # service has just closed; under concurrent load that surfaces as "Server disconnected".
+                if attempt == FORWARD_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")

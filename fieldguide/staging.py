@@ -65,10 +65,13 @@ def held_out_samples(shard_set: ShardSet, limit: int) -> list[tuple[bytes, str]]
 
 
 def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header declares `width`×`height` with no real pixel data (a decompression-bomb probe)."""
+    """A PNG that declares `width`×`height` but carries one empty data chunk (a decompression-bomb probe)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def bad_requests(jpeg: bytes, max_bytes: int) -> list[tuple[str, dict[str, Any]]]:

@@ -247,3 +247,21 @@ def watch(root: Path, interval_s: float, once: bool = False) -> None:
         if once:
             return
         time.sleep(interval_s)
+
+
+def approve_pending_and_deploy(root: Path, by: str, note: str = "") -> str:
+    """Approve each release model's newest pending version, deploy once, and make sure production is served."""
+    from steps.registry import approval_of, list_versions, record_decision
+
+    approved = []
+    for name in ["router"] + [f"child-{g}" for g in known_groups(latest_shard_set_id())]:
+        pending = [v for v in list_versions(name) if approval_of(v).get("state") == "pending"]
+        if pending:
+            record_decision(name, str(pending[-1].number), "approve", by, note)
+            approved.append(f"{name} v{pending[-1].number}")
+    if approved:
+        print(f"approved by {by}: {', '.join(approved)}", flush=True)
+        run_deploy(root, by=by)
+    else:
+        print("nothing pending: every model version is already decided", flush=True)
+    return serve_production(root)

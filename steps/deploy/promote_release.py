@@ -24,7 +24,7 @@ def promote_release(release: Release, staging_report: StagingReport, deploy: dic
     cfg = from_dict(DeployConfig, deploy, "deploy")
     folder = Path(serving_dir)
     state = ServingState.load(folder)
-    print(staging_report.text())
+    print(staging_report.text().splitlines()[0])
     if not staging_report.passed:
         stop(state.staging)
         state.staging = None
