@@ -72,5 +72,6 @@ bench: install
 	$(PY) bench/serve.py
 
 clean:
+	@if [ -x "$(PY)" ] && [ -d "$(FIELDGUIDE_HOME)/serving" ]; then $(PY) run.py stop || true; fi
 	rm -rf $(FIELDGUIDE_HOME) .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -422,11 +422,12 @@ def stop() -> None:
 @cli.command()
 @click.option("--interval", type=click.FloatRange(1), default=15, show_default=True, help="Seconds between polls.")
 @click.option("--once", is_flag=True, help="Poll once and exit.")
-def watch(interval: float, once: bool) -> None:
+@click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
+def watch(interval: float, once: bool, config: str | None) -> None:
     """Roll out approvals made anywhere (CLI, dashboard tag `approved`) by polling the registry."""
     from pipelines.rollout import watch as do_watch
 
-    do_watch(ROOT, interval, once)
+    do_watch(ROOT, interval, once, config)
 
 
 @cli.command()

@@ -90,22 +90,35 @@ async def fixed_rate(url: str, images: list[bytes], rate: float, seconds: float,
 async def saturate(url: str, images: list[bytes], clients: int, seconds: float) -> dict[str, float]:
     """`clients` concurrent closed-loop clients for `seconds`: the most the server answers per second."""
     latencies: list[float] = []
+    errors = 0
     deadline = time.perf_counter() + seconds
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=clients)) as client:
 
         async def worker(k: int) -> None:
+            nonlocal errors
             i = k
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                resp = await client.post(url + "/classify", files={"file": ("x.jpg", images[i % len(images)])})
-                if resp.status_code == 200:
+                try:
+                    resp = await client.post(url + "/classify", files={"file": ("x.jpg", images[i % len(images)])})
+                    ok = resp.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
                     latencies.append((time.perf_counter() - t0) * 1000)
+                else:
+                    errors += 1
                 i += clients
 
         start = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(clients)))
         elapsed = time.perf_counter() - start
-    return {"throughput": len(latencies) / elapsed, "p50": percentile(latencies, 50), "p95": percentile(latencies, 95)}
+    return {
+        "throughput": len(latencies) / elapsed,
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
+        "errors": errors,
+    }
 
 
 def variant(tag: str, batching: bool) -> str:
@@ -163,7 +176,7 @@ def main() -> None:
     images = [f.read_bytes() for f in files]
     predictor = TwoStagePredictor(Path(release.path))
     raw_rate, raw_times = raw(predictor, images, args.seconds)
-    rows = [("raw in-process", "sequential", raw_rate, percentile(raw_times, 50), percentile(raw_times, 95), "")]
+    rows = [("raw in-process", "sequential", raw_rate, percentile(raw_times, 50), percentile(raw_times, 95), "", 0)]
     print(f"release {release.tag.version}: {len(images)} images; raw {raw_rate:.1f} req/s", flush=True)
     saturated = {}
     log_dir = Path(tempfile.mkdtemp(prefix="fieldguide-bench-serve-"))
@@ -173,16 +186,18 @@ def main() -> None:
         try:
             for rate in [float(r) for r in args.rates.split(",")]:
                 r = asyncio.run(fixed_rate(server.url, images, rate, args.seconds, args.max_in_flight))
-                rows.append((mode, f"{rate:g} req/s", r["throughput"], r["p50"], r["p95"], f"{r['p99']:.1f}"))
+                rows.append(
+                    (mode, f"{rate:g} req/s", r["throughput"], r["p50"], r["p95"], f"{r['p99']:.1f}", r["errors"])
+                )
                 print(f"{mode} at {rate:g} req/s: {r}", flush=True)
             s = asyncio.run(saturate(server.url, images, args.clients, args.seconds))
             saturated[batching] = s["throughput"]
-            rows.append((mode, f"{args.clients} clients", s["throughput"], s["p50"], s["p95"], ""))
+            rows.append((mode, f"{args.clients} clients", s["throughput"], s["p50"], s["p95"], "", s["errors"]))
         finally:
             stop(server)
-    print(f"\n{'path':<26} {'load':<12} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
-    for path, load, rate, p50, p95, p99 in rows:
-        print(f"{path:<26} {load:<12} {rate:7.1f} {p50:8.1f} {p95:8.1f} {p99:>8}")
+    print(f"\n{'path':<26} {'load':<12} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'non-200':>8}")
+    for path, load, rate, p50, p95, p99, errors in rows:
+        print(f"{path:<26} {load:<12} {rate:7.1f} {p50:8.1f} {p95:8.1f} {p99:>8} {errors:>8}")
     print(
         f"\nsaturated served ÷ raw: batching on {saturated[True] / raw_rate:.2f}, off {saturated[False] / raw_rate:.2f}"
     )

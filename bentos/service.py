@@ -40,7 +40,7 @@ class TwoStageModel:
 
         self.predictor = TwoStagePredictor(Path(self.release.path))
 
-    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=300)
+    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=1000)
     def forward_batched(self, x: np.ndarray) -> np.ndarray:
         """Adaptive batching: rows of concurrent requests share one forward."""
         return self.predictor.forward(x)
@@ -87,7 +87,13 @@ class Classifier:
             x = await asyncio.to_thread(self.predictor.decode, data)
         except BadRequest as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
-        rows = await self._forward(x.numpy()[None])
+        try:
+            rows = await self._forward(x.numpy()[None])
+        except bentoml.exceptions.BentoMLException as exc:
+            # The adaptive batcher sheds load it cannot serve within max_latency_ms: tell the client to retry.
+            status = exc.error_code.value if exc.error_code.value >= 500 else 503
+            body = {"error": f"the model service is busy ({exc}); retry shortly", "reason": "overloaded"}
+            return JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
         return self.predictor.describe(rows[0], (time.perf_counter() - start) * 1000)
 
     async def _forward(self, x: np.ndarray) -> np.ndarray:

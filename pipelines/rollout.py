@@ -99,10 +99,11 @@ def run_deploy(root: Path, config: str | None = None, versions: dict[str, str] |
         )
 
 
-def deploy_after_approval(root: Path, model: str, version: Any, by: str) -> None:
+def deploy_after_approval(root: Path, model: str, version: Any, by: str, config: str | None = None) -> None:
     """Roll out a freshly approved version with the production versions of the other models, when all exist."""
-    from steps.registry import candidate_versions
+    from steps.registry import candidate_versions, mark_rollout
 
+    mark_rollout(version.id, f"approved by {by}")
     groups = known_groups(latest_shard_set_id())
     if model not in ["router"] + [f"child-{g}" for g in groups]:
         print(f"{model} is not part of the two-stage release; nothing to deploy")
@@ -111,7 +112,7 @@ def deploy_after_approval(root: Path, model: str, version: Any, by: str) -> None
     if versions is None:
         print("not deploying yet: a first release needs an approved router and an approved child for every group")
         return
-    run_deploy(root, versions=versions, by=by)
+    run_deploy(root, config, versions=versions, by=by)
 
 
 def rollback(root: Path, config: str | None = None) -> str:
@@ -225,23 +226,43 @@ def serve_production(root: Path, config: str | None = None) -> str:
     return f"http://127.0.0.1:{cfg.production_port}"
 
 
-def watch(root: Path, interval_s: float, once: bool = False) -> None:
+def watch(root: Path, interval_s: float, once: bool = False, config: str | None = None) -> None:
     """Poll the registry for approvals not yet rolled out (CLI or dashboard: an `approved` tag counts) and deploy."""
-    from zenml import log_metadata
-
-    from steps.registry import approval_of, list_versions
+    from steps.registry import (
+        ApprovalError,
+        approval_of,
+        list_versions,
+        mark_rollout,
+        record_decision,
+        require_version,
+    )
 
     while True:
         groups = known_groups(latest_shard_set_id())
         for name in ["router"] + [f"child-{g}" for g in groups]:
+            try:
+                live = require_version(name, "production").number
+            except ApprovalError:
+                live = 0
             for version in list_versions(name):
                 approved = approval_of(version).get("state") == APPROVED or "approved" in {t.name for t in version.tags}
                 if not approved or version.run_metadata.get("rollout"):
                     continue
+                if version.number <= live:
+                    mark_rollout(version.id, f"superseded by production v{live}")
+                    continue
+                if approval_of(version).get("state") != APPROVED:
+                    try:  # approved by tag in the dashboard: record it, under the same gate rules as the CLI
+                        record_decision(name, str(version.number), "approve", "dashboard", "tagged `approved`")
+                    except ApprovalError as exc:
+                        print(f"watch: {name} v{version.number} tagged approved but refused: {exc}", flush=True)
+                        mark_rollout(version.id, f"refused: {exc}")
+                        continue
                 print(f"watch: {name} v{version.number} approved; rolling out", flush=True)
-                log_metadata(metadata={"rollout": new_release_id()}, model_version_id=version.id)
                 try:
-                    deploy_after_approval(root, name, version, approval_of(version).get("by", "dashboard"))
+                    with pipeline_errors():
+                        by = approval_of(version).get("by") or "dashboard"
+                        deploy_after_approval(root, name, version, by, config)
                 except FieldguideError as exc:
                     print(f"watch: rollout of {name} v{version.number} failed: {exc}", flush=True)
         if once:
@@ -251,13 +272,14 @@ def watch(root: Path, interval_s: float, once: bool = False) -> None:
 
 def approve_pending_and_deploy(root: Path, by: str, note: str = "") -> str:
     """Approve each release model's newest pending version, deploy once, and make sure production is served."""
-    from steps.registry import approval_of, list_versions, record_decision
+    from steps.registry import approval_of, list_versions, mark_rollout, record_decision
 
     approved = []
     for name in ["router"] + [f"child-{g}" for g in known_groups(latest_shard_set_id())]:
         pending = [v for v in list_versions(name) if approval_of(v).get("state") == "pending"]
         if pending:
             record_decision(name, str(pending[-1].number), "approve", by, note)
+            mark_rollout(pending[-1].id, f"approved by {by}")
             approved.append(f"{name} v{pending[-1].number}")
     if approved:
         print(f"approved by {by}: {', '.join(approved)}", flush=True)

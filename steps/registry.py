@@ -193,3 +193,10 @@ def production_release() -> Release | None:
     """The release in production now, if any."""
     live = [v for v in release_versions() if release_record(v.name).get("status") == "production"]
     return Release.from_dict(release_record(live[-1].name)) if live else None
+
+
+def mark_rollout(version_id: Any, note: str) -> None:
+    """Record that a version's approval has been acted on, so `watch` does not roll it out again."""
+    from zenml import log_metadata
+
+    log_metadata(metadata={"rollout": note}, model_version_id=version_id)

@@ -205,3 +205,25 @@ def test_promotion_without_failed_requests_then_rollback_restores_answers(produc
     assert answers() == before
     listing = run_cli("releases").stdout
     assert release_b in listing and "archived" in listing
+
+
+def test_watch_rolls_out_an_approval_made_in_the_dashboard(production, child_run):
+    """`watch` picks up a version tagged `approved` (as the dashboard does) and runs the deploy pipeline for it."""
+    from zenml.client import Client
+
+    from steps.registry import release_record, release_versions
+
+    version = Client().get_model_version(model_version_name_or_number_or_id=child_run.model_version.id)
+    Client().update_model_version(version.model.id, version.id, add_tags=["approved"])
+    before = {v.name for v in release_versions()}
+    res = run_cli("watch", "--once", "--config", DEPLOY_A, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"watch: child-succulents v{version.number} approved; rolling out" in res.stdout
+    new = [v.name for v in release_versions() if v.name not in before]
+    assert len(new) == 1
+    record = release_record(new[0])
+    assert record["versions"]["child-succulents"] == f"v{version.number}"
+    assert record["status"] in ("production", "failed")  # whichever staging decided: it went through the pipeline
+    assert Client().get_model_version(model_version_name_or_number_or_id=version.id).run_metadata["rollout"]
+    res = run_cli("watch", "--once", "--config", DEPLOY_A)
+    assert "rolling out" not in res.stdout  # each approval rolls out once
