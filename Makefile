@@ -20,7 +20,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lint format dashboard mlflow-ui serve stop bench stack-local clean demo
+.PHONY: install run test lint format dashboard mlflow-ui serve stop bench stack-local stack-sagemaker clean demo
 
 # Reinstall only when requirements.txt changed (its hash is stamped inside the venv).
 install: $(STAMP)
@@ -30,6 +30,9 @@ $(STAMP): requirements.txt
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
 	@set -o pipefail; $(PY) -m pip install -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@sha256sum requirements.txt > $(STAMP)
+
+stack-sagemaker: install
+	$(PY) run.py --stack sagemaker
 
 stack-local: install
 	$(PY) run.py --stack local

@@ -76,6 +76,11 @@ Examples:
     "--catalog", "catalog", default=None, help="Catalog CSV, image folder or s3:// URI (overrides the config)."
 )
 @click.option("--no-cache", is_flag=True, help="Run every step even when ZenML has cached outputs.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="With --stack sagemaker: print each step's instance type, image and settings; contacts nothing.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -85,9 +90,19 @@ def cli(
     stack: str | None,
     catalog: str | None,
     no_cache: bool,
+    dry_run: bool,
 ) -> None:
     """fieldguide: raw image catalog → tested two-stage species classifier."""
     ctx.ensure_object(dict)
+    if dry_run:
+        from pipelines.runner import dry_run as plan_run
+
+        if stack not in (None, "sagemaker") or not pipeline:
+            raise click.UsageError("--dry-run plans SageMaker runs: --stack sagemaker --pipeline NAME --dry-run")
+        if pipeline == "child" and not group:
+            raise click.UsageError("--pipeline child needs --group NAME")
+        click.echo("\n".join(plan_run(ROOT, pipeline, group, config)))
+        return
     if stack:
         from stacks import activate_stack
 

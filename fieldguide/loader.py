@@ -41,6 +41,8 @@ class ShardDataset(IterableDataset):
         subset: float = 1.0,
         with_keys: bool = False,
         storage_options: dict[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         self.urls = shard_set.urls(split)
@@ -54,6 +56,8 @@ class ShardDataset(IterableDataset):
         self.subset = subset
         self.with_keys = with_keys
         self.storage_options = storage_options
+        self.rank = rank  # data-parallel training: this process reads every world_size-th part
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -63,6 +67,8 @@ class ShardDataset(IterableDataset):
     def _labelled(self) -> Iterator[tuple[str, bytes, int]]:
         info = get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        # Every (rank, worker) pair reads a disjoint part: exactly once across processes and workers.
+        wid, nworkers = self.rank * nworkers + wid, self.world_size * nworkers
         urls = list(self.urls)
         if self.shuffle:
             random.Random(f"{self.seed}/{self.epoch}/shards").shuffle(urls)

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fieldguide.errors import FieldguideError
 from fieldguide.evaluation import GateConfig
 from fieldguide.loader import ShardDataset, make_loader
@@ -55,8 +57,22 @@ def train_on_view(
     checkpoint: Path | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    device: torch.device | None = None,
 ) -> tuple[ModelBundle, FitResult]:
-    """Create the timm model for `view`, train it on the train split and select it on the val split."""
+    """Create the timm model for `view`, train it on the train split and select it on the val split.
+
+    With `params.gpus` > 1 (and no `wrap` yet) the work goes to fieldguide.distributed, one process per GPU.
+    """
+    if params.gpus > 1 and wrap is None:
+        from fieldguide.distributed import train_distributed
+
+        return train_distributed(
+            shard_set, view, params, name, world_size=params.gpus, backend="nccl",
+            train_subset=train_subset, val_subset=val_subset, checkpoint=checkpoint,
+        )  # fmt: skip
     model = create_model(params.arch, len(view.labels), params.pretrained_file, params.drop_rate)
     dcfg = data_config_for(model, params.img_size)
     train_ds = ShardDataset(
@@ -67,6 +83,8 @@ def train_on_view(
         shuffle=True,
         seed=params.seed,
         subset=train_subset,
+        rank=rank,
+        world_size=world_size,
     )
     val_ds = ShardDataset(shard_set, "val", view, eval_transform(dcfg), subset=val_subset)
     result = fit(
@@ -77,6 +95,9 @@ def train_on_view(
         checkpoint=checkpoint,
         on_epoch=on_epoch,
         progress=progress,
+        device=device,
+        wrap=wrap,
+        is_main=rank == 0,
     )
     meta = ModelMeta(
         name=name,

@@ -67,6 +67,8 @@ class TrainParams:
     amp: bool = True
     # CPU threads for torch (0: all cores).
     threads: int = 0
+    # GPUs to train on: above 1, one DistributedDataParallel process per GPU (fieldguide.distributed).
+    gpus: int = 0
 
 
 @dataclass
@@ -148,10 +150,15 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     device: torch.device | None = None,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    is_main: bool = True,
 ) -> FitResult:
     """Train `model` in place; the best validation-accuracy weights are loaded at the end.
 
-    With `checkpoint`, state is saved atomically after every epoch and a rerun resumes from it.
+    With `checkpoint`, state is saved atomically after every epoch and a rerun resumes from it. For data-parallel
+    training `wrap` wraps the model for the training forward (DistributedDataParallel, whose `join` covers ranks
+    with fewer batches); every rank validates on the whole val split, so all take the same decisions, and only
+    the main rank writes checkpoints and prints.
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
@@ -194,9 +201,11 @@ def fit(
     if scheduler is not None and start == 0:
         scheduler.step(0)
 
+    trained = wrap(model) if wrap else model
     for epoch in range(start, num_epochs):
         if best_epoch >= 0 and params.patience and epoch - best_epoch > params.patience:
-            print(f"early stop at epoch {epoch}: no val-accuracy gain for {params.patience} epochs", flush=True)
+            if is_main:
+                print(f"early stop at epoch {epoch}: no val-accuracy gain for {params.patience} epochs", flush=True)
             break
         model.train()
         if hasattr(train_loader.dataset, "set_epoch"):
@@ -206,34 +215,35 @@ def fit(
             train_loader,
             desc=f"epoch {epoch + 1}/{num_epochs}",
             unit="batch",
-            disable=not progress,
+            disable=not (progress and is_main),
             dynamic_ncols=True,
             leave=False,
         )
-        for x, y in bar:
-            if len(y) < 2:
-                continue  # a lone trailing image: BatchNorm cannot train on a batch of one
-            x, y = _to_device(x, y, device)
-            with autocast():
-                logits = model(x)
-                loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if params.grad_clip:
-                    scaler.unscale_(optimizer)
-                    dispatch_clip_grad(model.parameters(), params.grad_clip, mode="norm")
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if params.grad_clip:
-                    dispatch_clip_grad(model.parameters(), params.grad_clip, mode="norm")
-                optimizer.step()
-            seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        with trained.join() if wrap else contextlib.nullcontext():
+            for x, y in bar:
+                if len(y) < 2:
+                    continue  # a lone trailing image: BatchNorm cannot train on a batch of one
+                x, y = _to_device(x, y, device)
+                with autocast():
+                    logits = trained(x)
+                    loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if params.grad_clip:
+                        scaler.unscale_(optimizer)
+                        dispatch_clip_grad(model.parameters(), params.grad_clip, mode="norm")
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if params.grad_clip:
+                        dispatch_clip_grad(model.parameters(), params.grad_clip, mode="norm")
+                    optimizer.step()
+                seen += len(y)
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.detach().argmax(1) == y).sum())
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         elapsed = time.perf_counter() - t0
         metrics = {
             "train_loss": loss_sum / max(seen, 1),
@@ -252,10 +262,11 @@ def fit(
         if scheduler is not None:
             scheduler.step(epoch + 1)
         history.append({"epoch": float(epoch), **metrics})
-        print(f"epoch {epoch + 1}/{num_epochs} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
-        if on_epoch:
+        if is_main:
+            print(f"epoch {epoch + 1}/{num_epochs} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+        if on_epoch and is_main:
             on_epoch(epoch, metrics)
-        if checkpoint:
+        if checkpoint and is_main:
             save_checkpoint(
                 checkpoint,
                 {

@@ -6,6 +6,9 @@ from zenml import pipeline
 
 from steps.data import build_shards, ingest_catalog, validate_images, version_dataset
 
+# Step ids in run order (cloud overlays are validated against them).
+STEPS = ["ingest_catalog", "validate_images", "version_dataset", "build_shards"]
+
 
 @pipeline(name="fieldguide_data")
 def data_pipeline(

@@ -14,6 +14,7 @@ from fieldguide.config import DataConfig, from_dict, load_yaml
 from fieldguide.errors import ConfigError, FieldguideError
 from fieldguide.trainer import ModelPipelineConfig, ReleaseConfig
 from fieldguide.tuning import sample_trials
+from pipelines.training import step_ids
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -78,10 +79,29 @@ def data_parameters(root: Path, config: str | None, catalog: str | None) -> tupl
 
 def run_data(root: Path, config: str | None, catalog: str | None, no_cache: bool) -> Any:
     """Run the data pipeline; return the pipeline run."""
-    from pipelines.data import data_pipeline
+    from pipelines.data import STEPS, data_pipeline
 
     params, rest = data_parameters(root, config, catalog)
+    rest = with_cloud_overlay(root, "data", rest, STEPS)
     return data_pipeline.with_options(**_options(rest, no_cache))(**params)
+
+
+def active_cloud() -> str:
+    """'sagemaker' when the active stack's orchestrator runs on SageMaker, else ''."""
+    from zenml.client import Client
+
+    return "sagemaker" if Client().active_stack.orchestrator.flavor == "sagemaker" else ""
+
+
+def with_cloud_overlay(root: Path, name: str, rest: dict[str, Any], steps: list[str]) -> dict[str, Any]:
+    """The run config with configs/<name>_sagemaker.yaml merged in when the active stack is on SageMaker."""
+    from stacks.overlays import expand_steps, load_overlay, overlay_path
+
+    cloud = active_cloud()
+    if not cloud:
+        return rest
+    path = overlay_path(root, name, cloud)
+    return deep_merge(rest, expand_steps(load_overlay(path, steps), steps)) if path.is_file() else rest
 
 
 def latest_shard_set_id() -> str:
@@ -137,6 +157,7 @@ def run_parent(root: Path, config: str | None, no_cache: bool, shard_set_id: str
     from pipelines.parent import parent_pipeline
 
     params, rest = model_parameters(root, "parent", config)
+    rest = with_cloud_overlay(root, "parent", rest, step_ids(len(params["trials"])))
     options = _options(rest, no_cache, "router", "Parent model: photo → plant group")
     return parent_pipeline.with_options(**options)(shard_set_id=shard_set_id or latest_shard_set_id(), **params)
 
@@ -146,6 +167,7 @@ def run_flat(root: Path, config: str | None, no_cache: bool, shard_set_id: str |
     from pipelines.flat import flat_pipeline
 
     params, rest = model_parameters(root, "flat", config)
+    rest = with_cloud_overlay(root, "flat", rest, step_ids(len(params["trials"])))
     options = _options(rest, no_cache, "flat", "Flat baseline: photo → species, one model")
     return flat_pipeline.with_options(**options)(shard_set_id=shard_set_id or latest_shard_set_id(), **params)
 
@@ -165,6 +187,7 @@ def run_child(root: Path, group: str, config: str | None, no_cache: bool, shard_
     runs = []
     for g in targets:
         params, rest = model_parameters(root, "child", config, group=g)
+        rest = with_cloud_overlay(root, "child", rest, step_ids(len(params["trials"])))
         options = _options(rest, no_cache, f"child-{g}", f"Child model: species of {g}")
         runs.append(child_pipeline.with_options(**options)(shard_set_id=shard_set_id, group=g, **params))
     return runs
@@ -277,3 +300,35 @@ def summarise_run(run: Any) -> None:
             approval = (meta.get("approval") or {}).get("state", "?")
             line += f"; {label}: test_top1={meta.get('test_top1', 0):.3f} approval={approval}"
     print(line, flush=True)
+
+
+def dry_run(root: Path, pipeline: str, group: str | None, config: str | None, cloud: str = "sagemaker") -> list[str]:
+    """The steps each run would have on `cloud`, with instance types, images and settings; contacts nothing."""
+    import os
+
+    from pipelines.data import STEPS
+    from stacks.overlays import expand_steps, load_overlay, overlay_path, plan
+
+    runs: list[tuple[str, str, list[str]]] = []
+    if pipeline in ("data", "all"):
+        runs.append(("data", "fieldguide_data", STEPS))
+    for name, pipeline_name in (
+        ("parent", "fieldguide_parent"),
+        ("flat", "fieldguide_flat"),
+        ("child", "fieldguide_child"),
+    ):
+        if pipeline == name or (pipeline == "all" and name != "flat"):
+            params, _ = model_parameters(root, name, config if pipeline == name else None, group=group or "")
+            runs.append((name, pipeline_name, step_ids(len(params["trials"]))))
+    if not runs:
+        raise FieldguideError(f"--dry-run covers the data, parent, child, flat and all pipelines, not {pipeline!r}")
+    registry = os.environ.get("FIELDGUIDE_ECR_REGISTRY") or "${FIELDGUIDE_ECR_REGISTRY}"
+    lines = [f"dry run on the {cloud} stack (stacks/{cloud}.yaml); nothing was contacted"]
+    for name, pipeline_name, steps in runs:
+        overlay = expand_steps(load_overlay(overlay_path(root, name, cloud), steps), steps)
+        target = f" --group {group}" if name == "child" and group else ""
+        lines.append(f"{pipeline_name}{target} ({overlay_path(root, name, cloud).name}):")
+        for row in plan(overlay, steps, pipeline_name, registry):
+            lines.append(f"  {row['step']:<16} {row['instance_type']:<14} {row['job']:<15} {row['settings']}")
+        lines.append(f"  image: {row['image']}")
+    return lines

@@ -8,6 +8,12 @@ from steps.evaluate import evaluate_model, register_model, report_drift
 from steps.train import select_best, train_model, tune_trial
 
 
+def step_ids(trials: int) -> list[str]:
+    """The step ids of a training pipeline with `trials` tuning trials, in run order."""
+    tuning = [f"tune_trial_{i}" for i in range(trials)]
+    return [*tuning, "select_best", "train_model", "evaluate_model", "report_drift", "register_model"]
+
+
 def train_stage(
     shard_set_id: str,
     view: dict[str, Any],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,8 @@ import yaml
 from fieldguide.errors import ConfigError
 
 STACK_DIR = Path(__file__).resolve().parent
-ALIASES = {"local": "local.yaml"}
+ALIASES = {"local": "local.yaml", "sagemaker": "sagemaker.yaml"}
+_ENV_REF = re.compile(r"\$\{([A-Z0-9_]+)\}")
 
 
 def load_stack_spec(path: Path) -> dict[str, Any]:
@@ -19,6 +22,70 @@ def load_stack_spec(path: Path) -> dict[str, Any]:
     if not isinstance(spec.get("components"), dict) or not spec.get("name"):
         raise ConfigError(f"{path}: a stack needs a name and a components mapping")
     return spec
+
+
+def expand_env(spec: Any, environ: dict[str, str] | None = None) -> Any:
+    """Replace every ${VAR} in a stack spec with the environment's value.
+
+    Raises:
+        ConfigError: naming every variable that is not set.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    missing: set[str] = set()
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, str):
+            missing.update(name for name in _ENV_REF.findall(value) if not environ.get(name))
+            return _ENV_REF.sub(lambda m: environ.get(m.group(1), ""), value)
+        return value
+
+    out = walk(spec)
+    if missing:
+        raise ConfigError(f"stack {spec.get('name')!r} needs these environment variables: {', '.join(sorted(missing))}")
+    return out
+
+
+def flavor_config_class(flavor: str, component_type: str) -> type:
+    """The installed ZenML config class of a component flavor (no store or network involved)."""
+    from zenml.stack.flavor_registry import FlavorRegistry
+
+    registry = FlavorRegistry()
+    for cls in registry.builtin_flavors + registry.integration_flavors:
+        candidate = cls()
+        if candidate.name == flavor and candidate.type.value == component_type:
+            return candidate.config_class
+    raise ConfigError(f"no installed ZenML flavor {flavor!r} for {component_type}")
+
+
+def validate_stack_spec(spec: dict[str, Any]) -> None:
+    """Check every component against its installed flavor: known flavor, known keys, valid values.
+
+    Raises:
+        ConfigError: naming the component and the offending key or value.
+    """
+    from pydantic import ValidationError
+
+    for type_name, comp in spec["components"].items():
+        cls = flavor_config_class(comp["flavor"], type_name)
+        config = comp.get("configuration") or {}
+        unknown = sorted(set(config) - set(cls.model_fields))
+        if unknown:
+            raise ConfigError(
+                f"{type_name} {comp['name']!r} ({comp['flavor']}): unknown setting {unknown[0]!r}; "
+                f"known: {', '.join(sorted(cls.model_fields))}"
+            )
+        # Secret references ({{secret.key}}) resolve only against a store; their shape is checked, not their value.
+        plain = {k: "<secret>" if isinstance(v, str) and v.startswith("{{") else v for k, v in config.items()}
+        try:
+            cls(**plain)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = f"{type_name} {comp['name']!r} ({comp['flavor']}): {'.'.join(map(str, first['loc']))}"
+            raise ConfigError(f"{where}: {first['msg']}") from None
 
 
 def ensure_repository(root: Path) -> None:
@@ -71,7 +138,9 @@ def activate_stack(name: str, root: Path | None = None) -> str:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ConfigError(f"stack file not found: {path}")
-        name = register_stack(load_stack_spec(path))
+        spec = expand_env(load_stack_spec(path))
+        validate_stack_spec(spec)
+        name = register_stack(spec)
     client = Client()
     if client.active_stack_model.name != name:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from uuid import UUID
 
 import httpx
 import pytest
@@ -120,10 +121,8 @@ def test_thousand_malformed_requests_get_4xx_and_server_stays_healthy(production
     assert sum(codes.values()) == 1000
 
 
-def broken_child(version_id: str, name: str):
-    """Register a copy of a child whose classifier always answers its first species."""
-    from uuid import UUID
-
+def register_copy(version_id: str, name: str, label: str, broken: bool) -> str:
+    """Register a copy of a model version as a new version (a broken copy always answers its first class)."""
     from zenml import Model, link_artifact_to_model, save_artifact
     from zenml.client import Client
     from zenml.enums import ArtifactType
@@ -132,12 +131,12 @@ def broken_child(version_id: str, name: str):
 
     good = Client().get_model_version(model_version_name_or_number_or_id=UUID(version_id))
     bundle = good.get_model_artifact("model").load()
-    head = bundle.model.get_classifier()
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.copy_(torch.tensor([20.0] + [0.0] * (len(head.bias) - 1)))
-    label = f"broken-{good.number}"
-    Client().create_model_version(name, name=label, description="test: always predicts one class")
+    if broken:
+        head = bundle.model.get_classifier()
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor([20.0] + [0.0] * (len(head.bias) - 1)))
+    Client().create_model_version(name, name=label, description=f"test: copy of v{good.number}, broken={broken}")
     artifact = save_artifact(
         bundle, name="model", materializer=ModelBundleMaterializer, artifact_type=ArtifactType.MODEL
     )
@@ -154,7 +153,10 @@ def test_release_failing_staging_never_reaches_production(production, release_ve
     from steps.registry import release_record
     from steps.registry import release_versions as releases
 
-    broken = {n: broken_child(v, n) if n.startswith("child-") else v for n, v in release_versions.items()}
+    broken = {
+        n: register_copy(v, n, f"broken-{n}", broken=True) if n.startswith("child-") else v
+        for n, v in release_versions.items()
+    }
     before = len(releases())
     hammer = Hammer(images[1])
     hammer.start()
@@ -207,23 +209,31 @@ def test_promotion_without_failed_requests_then_rollback_restores_answers(produc
     assert release_b in listing and "archived" in listing
 
 
-def test_watch_rolls_out_an_approval_made_in_the_dashboard(production, child_run):
+def test_watch_rolls_out_an_approval_made_in_the_dashboard(production, release_versions):
     """`watch` picks up a version tagged `approved` (as the dashboard does) and runs the deploy pipeline for it."""
+    from zenml import log_metadata
     from zenml.client import Client
 
-    from steps.registry import release_record, release_versions
+    from fieldguide.registry import initial_approval
+    from steps.registry import release_record
+    from steps.registry import release_versions as releases
 
-    version = Client().get_model_version(model_version_name_or_number_or_id=child_run.model_version.id)
+    # A new, evaluated version of child-succulents (a copy of the production one, so staging passes).
+    version_id = register_copy(release_versions["child-succulents"], "child-succulents", "retrained", broken=False)
+    gate = {"passed": True, "reasons": []}
+    log_metadata(metadata={"gate": gate, "approval": initial_approval(gate)}, model_version_id=UUID(version_id))
+    version = Client().get_model_version(model_version_name_or_number_or_id=UUID(version_id))
     Client().update_model_version(version.model.id, version.id, add_tags=["approved"])
-    before = {v.name for v in release_versions()}
+    before = {v.name for v in releases()}
     res = run_cli("watch", "--once", "--config", DEPLOY_A, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"watch: child-succulents v{version.number} approved; rolling out" in res.stdout
-    new = [v.name for v in release_versions() if v.name not in before]
+    new = [v.name for v in releases() if v.name not in before]
     assert len(new) == 1
     record = release_record(new[0])
-    assert record["versions"]["child-succulents"] == f"v{version.number}"
-    assert record["status"] in ("production", "failed")  # whichever staging decided: it went through the pipeline
-    assert Client().get_model_version(model_version_name_or_number_or_id=version.id).run_metadata["rollout"]
+    assert record["versions"]["child-succulents"] == f"v{version.number}" and record["status"] == "production"
+    after = Client().get_model_version(model_version_name_or_number_or_id=version.id)
+    assert after.run_metadata["rollout"] and after.run_metadata["approval"]["by"] == "dashboard"
+    assert after.stage == "production" and release_id() == new[0]
     res = run_cli("watch", "--once", "--config", DEPLOY_A)
     assert "rolling out" not in res.stdout  # each approval rolls out once

@@ -75,13 +75,14 @@ def test_mlflow_has_per_epoch_curves(child_run):
     client = mlflow.MlflowClient(tracking_uri())
     exp = client.get_experiment_by_name("fieldguide_child")
     assert exp is not None
-    runs = client.search_runs([exp.experiment_id])
-    train_runs = [r for r in runs if r.data.params.get("model") == "child-succulents"]
-    assert train_runs, [r.data.params for r in runs]
-    history = client.get_metric_history(train_runs[0].info.run_id, "val_acc")
+    # The MLflow run of this pipeline run (other tests train other succulents children).
+    run_id = child_run.steps["train_model"].outputs["model"][0].run_metadata["mlflow_run_id"]
+    run = client.get_run(run_id)
+    assert run.info.experiment_id == exp.experiment_id and run.data.params["model"] == "child-succulents"
+    history = client.get_metric_history(run_id, "val_acc")
     assert [m.step for m in history] == [0, 1, 2]
-    assert client.get_metric_history(train_runs[0].info.run_id, "images_per_s")
-    assert train_runs[0].data.params["dataset_version"].startswith("ds-")
+    assert client.get_metric_history(run_id, "images_per_s")
+    assert run.data.params["dataset_version"].startswith("ds-")
 
 
 def _checkpoints(home: Path) -> list[Path]:

@@ -54,6 +54,9 @@ def train_model(
         checkpoint=ckpt,
         on_epoch=lambda epoch, metrics: log_metrics(metrics, step=epoch),
     )
+    if params.gpus > 1:  # DDP ranks run in their own processes: their epochs reach MLflow afterwards
+        for epoch, metrics in enumerate(result.history):
+            log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
     history = TrainHistory(name, result.history, result.best_epoch, result.resumed_from, values)
     log_bytes(training_curves(result.history, f"{name}: training curves"), "training_curves.png")
     log_metadata(

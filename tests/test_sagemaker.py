@@ -1,0 +1,105 @@
+"""The SageMaker stack and overlays, validated offline against the installed ZenML flavors and settings."""
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fieldguide.errors import ConfigError
+from pipelines.data import STEPS as DATA_STEPS
+from pipelines.training import step_ids
+from stacks import expand_env, load_stack_spec, validate_stack_spec
+from stacks.overlays import expand_steps, load_overlay
+from tests.conftest import ROOT
+
+AWS_ENV = {
+    "FIELDGUIDE_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/fieldguide-sagemaker",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+    "FIELDGUIDE_S3_BUCKET": "fieldguide-test",
+    "FIELDGUIDE_ECR_REGISTRY": "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+    "FIELDGUIDE_CODEBUILD_PROJECT": "fieldguide-images",
+    "MLFLOW_TRACKING_URI": "https://mlflow.example.org",
+}
+OVERLAYS = sorted((ROOT / "configs").glob("*_sagemaker.yaml"))
+
+
+def steps_of(overlay: Path) -> list[str]:
+    return DATA_STEPS if overlay.name.startswith("data") else step_ids(5)
+
+
+def test_stack_yamls_validate_against_installed_flavors():
+    validate_stack_spec(load_stack_spec(ROOT / "stacks/local.yaml"))
+    spec = expand_env(load_stack_spec(ROOT / "stacks/sagemaker.yaml"), AWS_ENV)
+    validate_stack_spec(spec)
+    assert spec["components"]["artifact_store"]["configuration"]["path"] == "s3://fieldguide-test/fieldguide/artifacts"
+
+
+def test_stack_needs_every_account_value_from_the_environment():
+    with pytest.raises(ConfigError, match="FIELDGUIDE_S3_BUCKET") as info:
+        expand_env(load_stack_spec(ROOT / "stacks/sagemaker.yaml"), {k: v for k, v in AWS_ENV.items() if "S3" not in k})
+    assert "AWS_DEFAULT_REGION" not in str(info.value)
+
+
+def test_misspelt_stack_setting_fails(tmp_path):
+    spec = expand_env(load_stack_spec(ROOT / "stacks/sagemaker.yaml"), AWS_ENV)
+    spec["components"]["orchestrator"]["configuration"]["execution_rol"] = "x"
+    with pytest.raises(ConfigError, match="unknown setting 'execution_rol'"):
+        validate_stack_spec(spec)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_every_overlay_validates(overlay):
+    steps = steps_of(overlay)
+    data = expand_steps(load_overlay(overlay, steps), steps)
+    assert set(data.get("steps", {})) <= set(steps)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["settings"]["orchestrator.sagemaker"].update(instance_typ="ml.m5.xlarge"), "instance_typ"),
+        (lambda d: d["settings"]["docker"].update(parent_imag="x"), "parent_imag"),
+        (lambda d: d["settings"].update({"orchestrator.sagemakr": {}}), "orchestrator.sagemakr"),
+        (lambda d: d["steps"].update({"train_modl": {"settings": {}}}), "train_modl"),
+        (lambda d: d["settings"]["orchestrator.sagemaker"].update(volume_size_in_gb="big"), "volume_size_in_gb"),
+    ],
+)
+def test_misspelt_overlay_setting_fails(tmp_path, mutate, message):
+    data = yaml.safe_load((ROOT / "configs/parent_sagemaker.yaml").read_text())
+    mutate(data)
+    path = tmp_path / "parent_sagemaker.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load_overlay(path, step_ids(3))
+
+
+def test_dry_run_prints_instance_types_and_images_without_network(monkeypatch):
+    from pipelines.runner import dry_run
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("FIELDGUIDE_ECR_REGISTRY", AWS_ENV["FIELDGUIDE_ECR_REGISTRY"])
+    lines = dry_run(ROOT, "child", "succulents", None)
+    text = "\n".join(lines)
+    assert "fieldguide_child --group succulents" in text
+    assert "tune_trial_0" in text and "ml.g5.xlarge" in text and "training job" in text
+    assert "report_drift" in text and "ml.m5.xlarge" in text
+    assert f"{AWS_ENV['FIELDGUIDE_ECR_REGISTRY']}/zenml:fieldguide_child-orchestrator" in text
+
+
+def test_dry_run_cli(tmp_path):
+    from tests.conftest import run_cli
+
+    res = run_cli("--stack", "sagemaker", "--pipeline", "child", "--group", "succulents", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "train_model" in res.stdout and "ml.g5.xlarge" in res.stdout
+    bad = run_cli("--stack", "local", "--pipeline", "child", "--group", "succulents", "--dry-run")
+    assert bad.returncode == 2 and "--dry-run plans SageMaker runs" in bad.stderr
+
+
+def test_training_step_ids_match_a_real_run(child_run):
+    assert set(child_run.steps) == set(step_ids(2))
