@@ -15,7 +15,7 @@ TOLERANCE = 0.15
 def shard_set(tmp_path_factory):
     from bench.loader import build
 
-    return build(tmp_path_factory.mktemp("ddp"), 30)
+    return build(tmp_path_factory.mktemp("ddp"), 20)
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_two_process_ddp_matches_one_process(shard_set):
     from fieldguide.distributed import train_distributed
 
     view = parent_view(shard_set)
-    base = {"arch": "mobilenetv3_small_050", "img_size": 48, "epochs": 6, "lr": 0.005, "workers": 0, "patience": 0}
+    base = {"arch": "mobilenetv3_small_050", "img_size": 48, "epochs": 5, "lr": 0.005, "workers": 0, "patience": 0}
     single, single_fit = train_on_view(shard_set, view, TrainParams(**base, batch_size=32), "router", progress=False)
     ddp, ddp_fit = train_distributed(
         shard_set, view, TrainParams(**base, batch_size=16), "router", world_size=2, backend="gloo"
