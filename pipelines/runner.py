@@ -93,15 +93,18 @@ def active_cloud() -> str:
     return "sagemaker" if Client().active_stack.orchestrator.flavor == "sagemaker" else ""
 
 
-def with_cloud_overlay(root: Path, name: str, rest: dict[str, Any], steps: list[str]) -> dict[str, Any]:
-    """The run config with configs/<name>_sagemaker.yaml merged in when the active stack is on SageMaker."""
+def cloud_overlay(root: Path, name: str, cloud: str, steps: list[str]) -> dict[str, Any]:
+    """configs/<name>_<cloud>.yaml, validated and with step patterns expanded ({} without a cloud or a file)."""
     from stacks.overlays import expand_steps, load_overlay, overlay_path
 
-    cloud = active_cloud()
-    if not cloud:
-        return rest
-    path = overlay_path(root, name, cloud)
-    return deep_merge(rest, expand_steps(load_overlay(path, steps), steps)) if path.is_file() else rest
+    path = overlay_path(root, name, cloud) if cloud else None
+    return expand_steps(load_overlay(path, steps), steps) if path and path.is_file() else {}
+
+
+def with_cloud_overlay(root: Path, name: str, rest: dict[str, Any], steps: list[str]) -> dict[str, Any]:
+    """The run config with the active cloud's overlay (settings, steps) merged in."""
+    overlay = cloud_overlay(root, name, active_cloud(), steps)
+    return deep_merge(rest, {k: v for k, v in overlay.items() if k != "parameters"})
 
 
 def latest_shard_set_id() -> str:
@@ -122,10 +125,19 @@ def known_groups(shard_set_id: str) -> list[str]:
 
 
 def model_parameters(
-    root: Path, name: str, config: str | None, group: str = ""
+    root: Path, name: str, config: str | None, group: str = "", cloud: str = ""
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validated parent/child parameters, with the trials sampled up front."""
+    """Validated parent/child parameters, with the trials sampled up front.
+
+    With `cloud`, configs/<name>_<cloud>.yaml is merged in: its `parameters` before validation, its settings
+    and per-step settings into the run config.
+    """
+    from stacks.overlays import overlay_path
+
     params, rest = split_run_config(config_path(root, name, config), group=group)
+    path = overlay_path(root, name, cloud) if cloud else None
+    if path and path.is_file():
+        params = deep_merge(params, load_yaml(path).get("parameters") or {})
     cfg = from_dict(ModelPipelineConfig, params, "parameters")
     out = {
         "train": dataclasses.asdict(cfg.train),
@@ -137,7 +149,8 @@ def model_parameters(
     }
     if name == "parent":
         out["per_group"] = cfg.per_group
-    return out, rest
+    overlay = cloud_overlay(root, name, cloud, step_ids(len(out["trials"])))
+    return out, deep_merge(rest, {k: v for k, v in overlay.items() if k != "parameters"})
 
 
 def _options(rest: dict[str, Any], no_cache: bool, model: str = "", description: str = "") -> dict[str, Any]:
@@ -156,8 +169,7 @@ def run_parent(root: Path, config: str | None, no_cache: bool, shard_set_id: str
     """Run the router pipeline on a shard set (default: the newest)."""
     from pipelines.parent import parent_pipeline
 
-    params, rest = model_parameters(root, "parent", config)
-    rest = with_cloud_overlay(root, "parent", rest, step_ids(len(params["trials"])))
+    params, rest = model_parameters(root, "parent", config, cloud=active_cloud())
     options = _options(rest, no_cache, "router", "Parent model: photo → plant group")
     return parent_pipeline.with_options(**options)(shard_set_id=shard_set_id or latest_shard_set_id(), **params)
 
@@ -166,8 +178,7 @@ def run_flat(root: Path, config: str | None, no_cache: bool, shard_set_id: str |
     """Run the flat-classifier pipeline (the two-stage model's baseline) on a shard set (default: the newest)."""
     from pipelines.flat import flat_pipeline
 
-    params, rest = model_parameters(root, "flat", config)
-    rest = with_cloud_overlay(root, "flat", rest, step_ids(len(params["trials"])))
+    params, rest = model_parameters(root, "flat", config, cloud=active_cloud())
     options = _options(rest, no_cache, "flat", "Flat baseline: photo → species, one model")
     return flat_pipeline.with_options(**options)(shard_set_id=shard_set_id or latest_shard_set_id(), **params)
 
@@ -186,8 +197,7 @@ def run_child(root: Path, group: str, config: str | None, no_cache: bool, shard_
         raise FieldguideError(f"unknown group {group!r}; known groups: {', '.join(groups)}")
     runs = []
     for g in targets:
-        params, rest = model_parameters(root, "child", config, group=g)
-        rest = with_cloud_overlay(root, "child", rest, step_ids(len(params["trials"])))
+        params, rest = model_parameters(root, "child", config, group=g, cloud=active_cloud())
         options = _options(rest, no_cache, f"child-{g}", f"Child model: species of {g}")
         runs.append(child_pipeline.with_options(**options)(shard_set_id=shard_set_id, group=g, **params))
     return runs
@@ -318,7 +328,7 @@ def dry_run(root: Path, pipeline: str, group: str | None, config: str | None, cl
         ("child", "fieldguide_child"),
     ):
         if pipeline == name or (pipeline == "all" and name != "flat"):
-            params, _ = model_parameters(root, name, config if pipeline == name else None, group=group or "")
+            params, _ = model_parameters(root, name, config if pipeline == name else None, group or "", cloud)
             runs.append((name, pipeline_name, step_ids(len(params["trials"]))))
     if not runs:
         raise FieldguideError(f"--dry-run covers the data, parent, child, flat and all pipelines, not {pipeline!r}")

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from fieldguide.config import load_yaml
 from fieldguide.errors import ConfigError
 
-OVERLAY_KEYS = ("settings", "steps")
+OVERLAY_KEYS = ("parameters", "settings", "steps")
 STEP_KEYS = ("settings",)
 
 
@@ -56,7 +56,10 @@ def validate_settings(settings: dict[str, Any], where: str) -> None:
 
 
 def load_overlay(path: Path, steps: list[str]) -> dict[str, Any]:
-    """Read and validate an overlay against the pipeline's step ids (`tune_trial_*` patterns allowed)."""
+    """Read and validate an overlay against the pipeline's step ids (`tune_trial_*` patterns allowed).
+
+    `parameters` (merged into the pipeline's parameters) are validated with them by the runner.
+    """
     data = load_yaml(path)
     unknown = sorted(set(data) - set(OVERLAY_KEYS))
     if unknown:

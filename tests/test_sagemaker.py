@@ -103,3 +103,47 @@ def test_dry_run_cli(tmp_path):
 
 def test_training_step_ids_match_a_real_run(child_run):
     assert set(child_run.steps) == set(step_ids(2))
+
+
+def test_pipelines_compile_for_the_sagemaker_stack(shard_set_id, demo_catalog, monkeypatch):
+    """As far as ZenML goes without AWS: register the stack, compile the child and data pipelines for it."""
+    from zenml.client import Client
+    from zenml.config.compiler import Compiler
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+    from zenml.stack import Stack
+
+    from pipelines.child import child_pipeline
+    from pipelines.data import data_pipeline
+    from pipelines.runner import cloud_overlay, data_parameters, model_parameters
+    from stacks import register_stack
+
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    spec = expand_env(load_stack_spec(ROOT / "stacks/sagemaker.yaml"))
+    spec["components"]["experiment_tracker"]["configuration"]["tracking_token"] = "test-token"  # no secret store
+    stack = Stack.from_model(Client().get_stack(register_stack(spec)))
+
+    params, rest = model_parameters(ROOT, "child", None, "succulents", "sagemaker")
+    assert params["experiment_tracker"] == "fieldguide-mlflow-server"
+    pipeline = child_pipeline.with_options(**rest)
+    pipeline.prepare(shard_set_id=shard_set_id, group="succulents", **params)
+    # with_options keeps `steps` as run arguments, which ZenML applies at run time: the same here.
+    run_config = PipelineRunConfiguration(steps=rest.get("steps", {}))
+    snapshot = Compiler().compile(pipeline=pipeline, stack=stack, run_configuration=run_config)
+    steps = snapshot.step_configurations
+    assert set(steps) == set(step_ids(len(params["trials"])))
+    key = "orchestrator:fieldguide-sagemaker-orchestrator"  # ZenML resolves "orchestrator.sagemaker" to the component
+    train = steps["train_model"].config.settings[key]
+    assert train.instance_type == "ml.g5.xlarge" and train.use_training_step
+    assert steps["tune_trial_0"].config.settings[key].instance_type == "ml.g5.xlarge"
+    assert steps["report_drift"].config.settings[key].instance_type == "ml.m5.xlarge"  # the pipeline-level default
+    assert snapshot.pipeline_configuration.settings["docker"].parent_image.startswith("pytorch/pytorch:")
+
+    data_params, data_rest = data_parameters(ROOT, None, str(demo_catalog))
+    overlay = cloud_overlay(ROOT, "data", "sagemaker", DATA_STEPS)
+    data = data_pipeline.with_options(**{**data_rest, **overlay})
+    data.prepare(**data_params)
+    data_run_config = PipelineRunConfiguration(steps=overlay.get("steps", {}))
+    compiled = Compiler().compile(pipeline=data, stack=stack, run_configuration=data_run_config)
+    assert compiled.step_configurations["ingest_catalog"].config.settings[key].instance_type == "ml.t3.medium"
+    assert compiled.step_configurations["validate_images"].config.settings[key].instance_type == "ml.m5.2xlarge"
