@@ -68,7 +68,7 @@ SPECIES_NAMES: dict[str, list[str]] = {
 }
 GROUPS = tuple(SPECIES_NAMES)
 # Base hue and saturation/value ranges per group: species hues are spread around the base.
-_GROUP_HUE = {"succulents": (0.36, 0.22), "ferns": (0.30, 0.16), "flowers": (0.92, 0.3), "grasses": (0.22, 0.12)}
+_GROUP_HUE = {"succulents": (0.36, 0.22), "ferns": (0.30, 0.26), "flowers": (0.92, 0.3), "grasses": (0.22, 0.12)}
 BAD_KINDS = (
     "truncated",
     "empty",
