@@ -369,8 +369,10 @@ def approve_pending(by: str, note: str) -> None:
     from pipelines.rollout import approve_pending_and_deploy
 
     url = approve_pending_and_deploy(ROOT, by, note)
+    demo = sorted((Path(os.environ["FIELDGUIDE_HOME"]) / "demo-catalog" / "images").glob("*/*/*.jpg"))
+    photo = os.path.relpath(demo[0]) if demo else "photo.jpg"
     click.echo(f"production: {url}")
-    click.echo(f"  try: curl -F file=@photo.jpg {url}/classify")
+    click.echo(f"  try: curl -F file=@{photo} {url}/classify")
 
 
 @cli.command()
