@@ -22,7 +22,7 @@ from fieldguide.deploy import (
     switch_production,
 )
 from fieldguide.errors import FieldguideError
-from fieldguide.registry import APPROVED
+from fieldguide.registry import APPROVED, PENDING
 from fieldguide.serving import ServingConfig, TwoStagePredictor, read_release
 from pipelines.runner import config_path, known_groups, latest_shard_set_id, pipeline_errors, split_run_config
 
@@ -276,7 +276,7 @@ def approve_pending_and_deploy(root: Path, by: str, note: str = "") -> str:
 
     approved = []
     for name in ["router"] + [f"child-{g}" for g in known_groups(latest_shard_set_id())]:
-        pending = [v for v in list_versions(name) if approval_of(v).get("state") == "pending"]
+        pending = [v for v in list_versions(name) if approval_of(v).get("state") == PENDING]
         if pending:
             record_decision(name, str(pending[-1].number), "approve", by, note)
             mark_rollout(pending[-1].id, f"approved by {by}")
