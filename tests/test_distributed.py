@@ -15,7 +15,7 @@ TOLERANCE = 0.15
 def shard_set(tmp_path_factory):
     from bench.loader import build
 
-    return build(tmp_path_factory.mktemp("ddp"), 20)
+    return build(tmp_path_factory.mktemp("ddp"), 30)
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_two_process_ddp_matches_one_process(shard_set):
     from fieldguide.distributed import train_distributed
 
     view = parent_view(shard_set)
-    base = {"arch": "mobilenetv3_small_050", "img_size": 48, "epochs": 5, "lr": 0.005, "workers": 0, "patience": 0}
+    base = {"arch": "mobilenetv3_small_050", "img_size": 48, "epochs": 8, "lr": 0.005, "workers": 0, "patience": 0}
     single, single_fit = train_on_view(shard_set, view, TrainParams(**base, batch_size=32), "router", progress=False)
     ddp, ddp_fit = train_distributed(
         shard_set, view, TrainParams(**base, batch_size=16), "router", world_size=2, backend="gloo"
@@ -31,7 +31,7 @@ def test_two_process_ddp_matches_one_process(shard_set):
     assert ddp.meta.classes == single.meta.classes and len(ddp_fit.history) == len(single_fit.history)
     # Each rank read half of the train split per epoch.
     assert ddp_fit.history[0]["images_per_s"] > 0
-    assert single_fit.best_val_acc > 0.5  # learnt something (4 groups: chance 0.25)
+    assert single_fit.best_val_acc > 0.4  # learnt something (4 groups: chance 0.25)
     assert abs(ddp_fit.best_val_acc - single_fit.best_val_acc) <= TOLERANCE, (
         ddp_fit.best_val_acc,
         single_fit.best_val_acc,

@@ -76,7 +76,7 @@ def test_mlflow_has_per_epoch_curves(child_run):
     exp = client.get_experiment_by_name("fieldguide_child")
     assert exp is not None
     # The MLflow run of this pipeline run (other tests train other succulents children).
-    run_id = child_run.steps["train_model"].outputs["model"][0].run_metadata["mlflow_run_id"]
+    run_id = child_run.steps["train_model"].run_metadata["mlflow_run_id"]
     run = client.get_run(run_id)
     assert run.info.experiment_id == exp.experiment_id and run.data.params["model"] == "child-succulents"
     history = client.get_metric_history(run_id, "val_acc")
