@@ -48,6 +48,15 @@ def raw(predictor: TwoStagePredictor, images: list[bytes], seconds: float) -> tu
     return len(times) / (time.perf_counter() - start), times
 
 
+async def classify(client: httpx.AsyncClient, url: str, jpeg: bytes) -> bool:
+    """One POST /classify; True when it was answered 200."""
+    try:
+        resp = await client.post(url + "/classify", files={"file": ("x.jpg", jpeg, "image/jpeg")})
+    except httpx.HTTPError:
+        return False
+    return resp.status_code == 200
+
+
 async def fixed_rate(url: str, images: list[bytes], rate: float, seconds: float, bound: int) -> dict[str, float]:
     """Open loop at `rate` requests/s for `seconds`; latency from each request's scheduled send time."""
     limit = asyncio.Semaphore(bound)
@@ -58,12 +67,7 @@ async def fixed_rate(url: str, images: list[bytes], rate: float, seconds: float,
         async def one(i: int, scheduled: float) -> None:
             nonlocal errors
             async with limit:
-                try:
-                    files = {"file": ("x.jpg", images[i % len(images)], "image/jpeg")}
-                    resp = await client.post(url + "/classify", files=files)
-                    ok = resp.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
+                ok = await classify(client, url, images[i % len(images)])
             if ok:
                 latencies.append((time.perf_counter() - scheduled) * 1000)
             else:
@@ -99,12 +103,7 @@ async def saturate(url: str, images: list[bytes], clients: int, seconds: float) 
             i = k
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                try:
-                    resp = await client.post(url + "/classify", files={"file": ("x.jpg", images[i % len(images)])})
-                    ok = resp.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
+                if await classify(client, url, images[i % len(images)]):
                     latencies.append((time.perf_counter() - t0) * 1000)
                 else:
                     errors += 1

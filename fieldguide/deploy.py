@@ -241,6 +241,7 @@ def switch_production(
     write_upstream(upstream_file, new.url, new.release)
     if state.gateway is None or not alive(state.gateway.pid):
         state.gateway = start_gateway(config.production_port, upstream_file, folder / "logs")
+    state.gateway.release = new.release
     old = state.production
     deadline = time.monotonic() + drain_s
     while time.monotonic() < deadline:

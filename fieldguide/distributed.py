@@ -7,7 +7,6 @@ split, and takes the same decisions; rank 0 writes checkpoints and the exported 
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -17,15 +16,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fieldguide.deploy import free_port
 from fieldguide.models import ModelBundle, load_bundle, save_bundle
 from fieldguide.shards import ShardSet, View
 from fieldguide.training import FitResult, TrainParams
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _worker(rank: int, world_size: int, backend: str, port: int, job: dict[str, Any], out: str) -> None:
@@ -86,7 +80,7 @@ def train_distributed(
     }
     with tempfile.TemporaryDirectory(prefix="fieldguide-ddp-") as out:
         mp.start_processes(
-            _worker, args=(world_size, backend, _free_port(), job, out), nprocs=world_size, start_method="spawn"
+            _worker, args=(world_size, backend, free_port(), job, out), nprocs=world_size, start_method="spawn"
         )
         bundle = load_bundle(Path(out))
         result = FitResult(**json.loads((Path(out) / "fit.json").read_text()))

@@ -180,9 +180,7 @@ def status_rows() -> list[dict[str, str]]:
         rows.append(
             {
                 "role": role,
-                "release": (state.production.release if server is state.gateway and state.production else "")
-                if role.endswith("(gateway)")
-                else (server.release if server else ""),
+                "release": server.release if server else "",
                 "url": server.url if server else "",
                 "pid": str(server.pid) if server else "",
                 "health": health(server, path),

@@ -103,8 +103,9 @@ def cloud_overlay(root: Path, name: str, cloud: str, steps: list[str]) -> dict[s
 
 def with_cloud_overlay(root: Path, name: str, rest: dict[str, Any], steps: list[str]) -> dict[str, Any]:
     """The run config with the active cloud's overlay (settings, steps) merged in."""
-    overlay = cloud_overlay(root, name, active_cloud(), steps)
-    return deep_merge(rest, {k: v for k, v in overlay.items() if k != "parameters"})
+    from stacks.overlays import run_config_part
+
+    return deep_merge(rest, run_config_part(cloud_overlay(root, name, active_cloud(), steps)))
 
 
 def latest_shard_set_id() -> str:
@@ -132,12 +133,12 @@ def model_parameters(
     With `cloud`, configs/<name>_<cloud>.yaml is merged in: its `parameters` before validation, its settings
     and per-step settings into the run config.
     """
-    from stacks.overlays import overlay_path
+    from stacks.overlays import expand_steps, overlay_path, run_config_part, validate_overlay
 
     params, rest = split_run_config(config_path(root, name, config), group=group)
     path = overlay_path(root, name, cloud) if cloud else None
-    if path and path.is_file():
-        params = deep_merge(params, load_yaml(path).get("parameters") or {})
+    overlay = load_yaml(path) if path and path.is_file() else {}
+    params = deep_merge(params, overlay.get("parameters") or {})
     cfg = from_dict(ModelPipelineConfig, params, "parameters")
     out = {
         "train": dataclasses.asdict(cfg.train),
@@ -149,8 +150,10 @@ def model_parameters(
     }
     if name == "parent":
         out["per_group"] = cfg.per_group
-    overlay = cloud_overlay(root, name, cloud, step_ids(len(out["trials"])))
-    return out, deep_merge(rest, {k: v for k, v in overlay.items() if k != "parameters"})
+    if overlay and path:
+        steps = step_ids(len(out["trials"]))
+        rest = deep_merge(rest, run_config_part(expand_steps(validate_overlay(overlay, path, steps), steps)))
+    return out, rest
 
 
 def _options(rest: dict[str, Any], no_cache: bool, model: str = "", description: str = "") -> dict[str, Any]:

@@ -56,11 +56,12 @@ def validate_settings(settings: dict[str, Any], where: str) -> None:
 
 
 def load_overlay(path: Path, steps: list[str]) -> dict[str, Any]:
-    """Read and validate an overlay against the pipeline's step ids (`tune_trial_*` patterns allowed).
+    """Read and validate an overlay against the pipeline's step ids (`tune_trial_*` patterns allowed)."""
+    return validate_overlay(load_yaml(path), path, steps)
 
-    `parameters` (merged into the pipeline's parameters) are validated with them by the runner.
-    """
-    data = load_yaml(path)
+
+def validate_overlay(data: dict[str, Any], path: Path, steps: list[str]) -> dict[str, Any]:
+    """Validate an overlay read from `path`; `parameters` are validated with the pipeline's by the runner."""
     unknown = sorted(set(data) - set(OVERLAY_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}; an overlay holds {', '.join(OVERLAY_KEYS)}")
@@ -73,6 +74,11 @@ def load_overlay(path: Path, steps: list[str]) -> dict[str, Any]:
             raise ConfigError(f"{path.name}: steps.{pattern}: unknown key {extra[0]!r}")
         validate_settings((step_config or {}).get("settings") or {}, f"{path.name}: steps.{pattern}.settings")
     return data
+
+
+def run_config_part(overlay: dict[str, Any]) -> dict[str, Any]:
+    """What of an overlay goes into ZenML's run config (everything but the pipeline parameters)."""
+    return {k: v for k, v in overlay.items() if k != "parameters"}
 
 
 def expand_steps(overlay: dict[str, Any], steps: list[str]) -> dict[str, Any]:
