@@ -1,4 +1,4 @@
-"""Staging tests of a release over HTTP: health, known answers, bad input, latency, accuracy."""
+"""Staging tests of a release: health, serving correctness, served sanity, bad input, latency, regression."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+from sklearn.metrics import f1_score
 
 from fieldguide.deploy import DeployConfig
 from fieldguide.loader import iter_tar_samples
-from fieldguide.serving import TwoStagePredictor
+from fieldguide.models import load_bundle
+from fieldguide.serving import Release, TwoStagePredictor
 from fieldguide.shards import ShardSet
+from fieldguide.twostage import evaluate_release
 
 
 @dataclass
@@ -64,6 +69,23 @@ def held_out_samples(shard_set: ShardSet, limit: int) -> list[tuple[bytes, str]]
     return out
 
 
+def production_reference(production: Release, folder: Path, shard_set: ShardSet) -> tuple[str, float]:
+    """(id, end-to-end accuracy) of the production release on `shard_set`'s test split.
+
+    The figure recorded at its assembly when it was measured on the same dataset version; otherwise the release
+    in `folder` is evaluated in process on this test split, so the regression check always compares like with like.
+    """
+    recorded = production.end_to_end_accuracy()
+    if production.dataset_version == shard_set.dataset_version and recorded is not None:
+        return production.id, recorded
+    router = load_bundle(folder / "router")
+    children = {g: load_bundle(folder / f"child-{g}") for g in router.meta.classes}
+    k = min(production.serving.route_k, len(children))
+    table = evaluate_release(router, children, shard_set, (k,), strict=False)
+    print(f"production {production.id} evaluated in process on dataset {shard_set.dataset_version[:12]}")
+    return production.id, next(iter(table.end_to_end.values()))
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares `width`×`height` but carries one empty data chunk (a decompression-bomb probe)."""
 
@@ -93,85 +115,171 @@ def bad_requests(jpeg: bytes, max_bytes: int) -> list[tuple[str, dict[str, Any]]
     ]
 
 
+@dataclass
+class Served:
+    """One held-out image sent to staging: its label, the served answer and the in-process answer."""
+
+    label: str
+    served_top1: str  # "" when the request failed
+    served_group: str
+    local_top1: str
+    local_margin: float  # in-process top-1 probability minus the second one (a near tie flips on rounding)
+
+
+def in_process_answer(predictor: TwoStagePredictor, jpeg: bytes) -> tuple[str, float]:
+    """The in-process two-stage top-1 species and its margin over the runner-up."""
+    row = predictor.forward(predictor.decode(jpeg)[None])[0][len(predictor.groups) :]
+    order = np.argsort(-row)
+    margin = float(row[order[0]] - row[order[1]]) if len(order) > 1 else 1.0
+    return predictor.species[int(order[0])], margin
+
+
+def serving_correctness(served: list[Served], near_tie: float) -> Check:
+    """Served top-1 equals the in-process top-1 on the same images, up to max(1, 1%) near-tie flips."""
+    differ = [s for s in served if s.served_top1 != s.local_top1]
+    hard = [s for s in differ if s.local_margin >= near_tie]
+    allowed = max(1, len(served) // 100)
+    passed = bool(served) and not hard and len(differ) <= allowed
+    detail = (
+        f"{len(served) - len(differ)}/{len(served)} served top-1 answers equal the in-process two-stage top-1; "
+        f"{len(differ)} differ ({len(differ) - len(hard)} near ties under margin {near_tie}, at most {allowed} allowed)"
+    )
+    if hard:
+        detail += f"; e.g. served {hard[0].served_top1!r} where in process {hard[0].local_top1!r}"
+    return Check("serving correctness", passed, detail)
+
+
+def served_sanity(served: list[Served], config: DeployConfig) -> Check:
+    """Macro-F1 of the served answers, and no child answering one class for every image routed to it."""
+    labels = [s.label for s in served]
+    answers = [s.served_top1 for s in served]
+    f1 = float(f1_score(labels, answers, labels=sorted(set(labels)), average="macro", zero_division=0))
+    accuracy = sum(a == y for a, y in zip(answers, labels, strict=True)) / max(len(served), 1)
+    routed: dict[str, list[Served]] = {}
+    for s in served:
+        routed.setdefault(s.served_group, []).append(s)
+    degenerate = [
+        f"child-{group} answered {rows[0].served_top1!r} for all {len(rows)} images routed to it "
+        f"({len({r.label for r in rows})} true species among them)"
+        for group, rows in sorted(routed.items())
+        if group
+        and len(rows) >= config.degenerate_min_images
+        and len({r.served_top1 for r in rows}) == 1
+        and len({r.label for r in rows}) >= 2
+    ]
+    passed = bool(served) and f1 >= config.min_served_macro_f1 and not degenerate
+    detail = (
+        f"served macro-F1 {f1:.3f} (minimum {config.min_served_macro_f1}), top-1 {accuracy:.3f} "
+        f"on {len(served)} held-out images"
+    )
+    if degenerate:
+        detail += "; degenerate: " + "; ".join(degenerate)
+    return Check("served sanity", passed, detail)
+
+
+def regression(candidate: float | None, production: tuple[str, float] | None, max_drop: float) -> Check:
+    """The candidate's evaluated end-to-end accuracy against production's on the same test split."""
+    if production is None:
+        return Check("regression", True, "no release in production to compare with")
+    live, reference = production
+    if candidate is None:
+        return Check("regression", False, "this release has no end-to-end evaluation recorded")
+    passed = candidate >= reference - max_drop
+    return Check(
+        "regression",
+        passed,
+        f"end-to-end accuracy {candidate:.3f} vs production {live} {reference:.3f} on the same test split "
+        f"(drop {reference - candidate:+.3f}, at most {max_drop} allowed)",
+    )
+
+
 def run_staging_tests(
     url: str,
     release_id: str,
     predictor: TwoStagePredictor,
     samples: list[tuple[bytes, str]],
-    expected_accuracy: float,
     config: DeployConfig,
-    production_accuracy: float | None = None,
+    production: tuple[str, float] | None = None,
+    compare_with_production: bool = True,
     log: Callable[[str], None] = print,
 ) -> StagingReport:
     """Run every check against `url`; failures are recorded, never raised.
 
-    The accuracy floor is the release's own evaluation figure, or the production release's figure on the same
-    test split when that is higher, minus `config.accuracy_delta`: a release must serve what its evaluation
-    promised and must not serve worse than what is live.
+    Args:
+        url: the staging server.
+        release_id: the release it must serve.
+        predictor: the same release in process (the reference for serving correctness).
+        samples: held-out (JPEG, species) pairs of the candidate's test split.
+        config: budgets and thresholds.
+        production: (release id, end-to-end accuracy on the candidate's test split) of the live release, if any.
+        compare_with_production: False for a rollback, where going back to an older release is the point.
+        log: where each check's line goes as it is decided.
     """
     report = StagingReport(release_id, url)
 
-    def check(name: str, passed: bool, detail: str) -> None:
-        report.checks.append(Check(name, passed, detail))
-        log(f"  [{'ok' if passed else 'FAIL'}] {name}: {detail}")
+    def record(check: Check) -> None:
+        report.checks.append(check)
+        log(f"  [{'ok' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
 
-    with httpx.Client(base_url=url, timeout=30) as client:
-        ready = client.get("/readyz").status_code
-        info = client.get("/release").json() if ready == 200 else {}
-        check("health", ready == 200 and info.get("id") == release_id, f"/readyz {ready}, /release id {info.get('id')}")
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            _http_checks(client, release_id, predictor, samples, config, record)
+    except httpx.HTTPError as exc:
+        record(Check("staging server", False, f"{type(exc).__name__} talking to {url}: {exc}"))
+    if compare_with_production:
+        record(regression(predictor.release.end_to_end_accuracy(), production, config.release_max_drop))
+    else:
+        record(Check("regression", True, "not compared with production (rollback)"))
+    return report
 
-        known = samples[: config.known_images]
-        mismatches = []
-        for i, (jpeg, _) in enumerate(known):
-            resp = client.post("/classify", files={"file": (f"{i}.jpg", jpeg, "image/jpeg")})
-            want = predictor.classify(jpeg)
-            got = resp.json() if resp.status_code == 200 else {}
-            if [s["name"] for s in got.get("species", [])] != [s["name"] for s in want["species"]]:
-                mismatches.append(i)
-        check(
-            "known images",
-            not mismatches and bool(known),
-            f"{len(known) - len(mismatches)}/{len(known)} served answers equal the in-process two-stage answer",
-        )
 
-        codes = {}
-        for name, kwargs in bad_requests(known[0][0] if known else b"", predictor.config.max_bytes):
-            codes[name] = client.post("/classify", **kwargs).status_code
-        bad = {n: c for n, c in codes.items() if not 400 <= c < 500}
-        after = client.get("/readyz").status_code
-        check(
+def _http_checks(
+    client: httpx.Client,
+    release_id: str,
+    predictor: TwoStagePredictor,
+    samples: list[tuple[bytes, str]],
+    config: DeployConfig,
+    record: Callable[[Check], None],
+) -> None:
+    ready = client.get("/readyz").status_code
+    info = client.get("/release").json() if ready == 200 else {}
+    healthy = ready == 200 and info.get("id") == release_id
+    record(Check("health", healthy, f"/readyz {ready}, /release {info.get('id')}"))
+
+    served = []
+    for i, (jpeg, species) in enumerate(samples):
+        resp = client.post("/classify", files={"file": (f"{i}.jpg", jpeg, "image/jpeg")})
+        body = resp.json() if resp.status_code == 200 else {}
+        local, margin = in_process_answer(predictor, jpeg)
+        top = body.get("species") or [{"name": ""}]
+        served.append(Served(species, top[0]["name"], (body.get("group") or {}).get("name", ""), local, margin))
+    record(serving_correctness(served, config.near_tie))
+    record(served_sanity(served, config))
+
+    codes = {}
+    for name, kwargs in bad_requests(samples[0][0] if samples else b"", predictor.config.max_bytes):
+        codes[name] = client.post("/classify", **kwargs).status_code
+    bad = {n: c for n, c in codes.items() if not 400 <= c < 500}
+    after = client.get("/readyz").status_code
+    record(
+        Check(
             "bad input",
             not bad and after == 200,
             f"{len(codes)} malformed requests → {sorted(set(codes.values()))}; healthy after: {after == 200}"
             + (f"; not 4xx: {bad}" if bad else ""),
         )
+    )
 
-        times = []
-        for jpeg, _ in (samples * config.latency_requests)[: config.latency_requests]:
-            start = time.perf_counter()
-            client.post("/classify", files={"file": ("x.jpg", jpeg, "image/jpeg")})
-            times.append((time.perf_counter() - start) * 1000)
-        p95 = sorted(times)[int(0.95 * (len(times) - 1))] if times else float("inf")
-        check(
+    times = []
+    for jpeg, _ in (samples * config.latency_requests)[: config.latency_requests]:
+        start = time.perf_counter()
+        client.post("/classify", files={"file": ("x.jpg", jpeg, "image/jpeg")})
+        times.append((time.perf_counter() - start) * 1000)
+    p95 = sorted(times)[int(0.95 * (len(times) - 1))] if times else float("inf")
+    record(
+        Check(
             "latency",
             p95 <= config.p95_budget_ms,
             f"p50 {statistics.median(times or [0]):.1f} ms, p95 {p95:.1f} ms (budget {config.p95_budget_ms} ms)",
         )
-
-        correct = 0
-        for i, (jpeg, species) in enumerate(samples):
-            resp = client.post("/classify", files={"file": (f"{i}.jpg", jpeg, "image/jpeg")})
-            if resp.status_code == 200 and resp.json()["species"][0]["name"] == species:
-                correct += 1
-        accuracy = correct / max(len(samples), 1)
-        reference, source = expected_accuracy, "this release's evaluation"
-        if production_accuracy is not None and production_accuracy > expected_accuracy:
-            reference, source = production_accuracy, "the production release's evaluation"
-        floor = reference - config.accuracy_delta
-        check(
-            "accuracy",
-            bool(samples) and accuracy >= floor,
-            f"{accuracy:.3f} on {len(samples)} held-out images; floor {floor:.3f} = {source} {reference:.3f} "
-            f"− {config.accuracy_delta}",
-        )
-    return report
+    )

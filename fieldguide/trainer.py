@@ -73,6 +73,7 @@ def train_on_view(
             shard_set, view, params, name, world_size=params.gpus, backend="nccl",
             train_subset=train_subset, val_subset=val_subset, checkpoint=checkpoint,
         )  # fmt: skip
+    torch.manual_seed(params.seed)  # the initial weights too: same seed, same data, same model
     model = create_model(params.arch, len(view.labels), params.pretrained_file, params.drop_rate)
     dcfg = data_config_for(model, params.img_size)
     train_ds = ShardDataset(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fieldguide.errors import FieldguideError
 from fieldguide.evaluation import top_k_accuracy
 from fieldguide.loader import ShardDataset, make_loader
 from fieldguide.models import ModelBundle, eval_transform
@@ -69,18 +70,57 @@ def _probs(bundle: ModelBundle, shard_set: ShardSet) -> tuple[np.ndarray, np.nda
     return np.concatenate(probs), np.concatenate(labels)
 
 
+def check_classes(router: ModelBundle, children: dict[str, ModelBundle], shard_set: ShardSet) -> None:
+    """Raise naming the first model whose classes differ from the dataset's groups or its group's species."""
+    classes, dataset = shard_set.classes, shard_set.dataset_version[:12]
+    if list(router.meta.classes) != list(classes.groups):
+        raise FieldguideError(
+            f"{router.meta.name} knows groups {list(router.meta.classes)}, but dataset {dataset} "
+            f"has {list(classes.groups)}: evaluate it on its own dataset, or retrain it"
+        )
+    for group in classes.groups:
+        child = children.get(group)
+        if child is None:
+            raise FieldguideError(f"the release has no child model for group {group!r}")
+        if list(child.meta.classes) != classes.group_species(group):
+            raise FieldguideError(
+                f"{child.meta.name} knows species {list(child.meta.classes)}, but dataset {dataset} has "
+                f"{classes.group_species(group)} in {group!r}: "
+                "evaluate it on its own dataset, or retrain it"
+            )
+
+
 def evaluate_release(
     router: ModelBundle,
     children: dict[str, ModelBundle],
     shard_set: ShardSet,
     ks: tuple[int, ...] = (1, 2, 3),
     flat: ModelBundle | None = None,
+    strict: bool = True,
 ) -> TwoStageTable:
-    """Router accuracy, oracle child accuracy and end-to-end accuracy for each routing k (and the flat baseline)."""
-    species = shard_set.classes.species
+    """Router accuracy, oracle child accuracy and end-to-end accuracy for each routing k (and the flat baseline).
+
+    Args:
+        router: the parent model.
+        children: group → child model, for every group of the router.
+        shard_set: the dataset whose test split is used.
+        ks: routing depths to report.
+        flat: a flat classifier on all species, if one is compared.
+        strict: refuse models whose classes differ from the dataset's (naming the model); when False (an older
+            release measured on a newer dataset) classes the dataset lacks are never right and vice versa.
+
+    Raises:
+        FieldguideError: with `strict`, when the router's groups or a child's species differ from the dataset's.
+    """
+    species = list(shard_set.classes.species)
     groups = list(router.meta.classes)
+    if strict:
+        check_classes(router, children, shard_set)
+    for name in groups:
+        species += [s for s in children[name].meta.classes if s not in species]
     p_group, labels = _probs(router, shard_set)
-    true_group = np.array([groups.index(shard_set.classes.species_group[species[s]]) for s in labels])
+    group_of = [shard_set.classes.species_group[species[s]] for s in labels]
+    true_group = np.array([groups.index(g) if g in groups else -1 for g in group_of])
     p_child, species_of = {}, {}
     for g, name in enumerate(groups):
         p_child[g], _ = _probs(children[name], shard_set)
@@ -89,6 +129,7 @@ def evaluate_release(
     for g in range(len(groups)):
         sel = true_group == g
         oracle[np.ix_(sel, species_of[g])] = p_child[g][sel]
+    oracle_hits = (oracle.argmax(1) == labels) & (true_group >= 0)  # no child knows a group the router lacks
     end_to_end = {
         f"top1@k={k}": top_k_accuracy(labels, combine(p_group, p_child, species_of, len(species), k), 1)
         for k in ks
@@ -101,7 +142,7 @@ def evaluate_release(
     return TwoStageTable(
         n=len(labels),
         router_acc=top_k_accuracy(true_group, p_group, 1),
-        oracle_child_acc=top_k_accuracy(labels, oracle, 1),
+        oracle_child_acc=float(oracle_hits.mean()) if len(labels) else 0.0,
         end_to_end=end_to_end,
         flat_acc=flat_acc,
     )

@@ -17,6 +17,7 @@ from fieldguide.deploy import (
     ServingState,
     free_port,
     health,
+    release_folder,
     start_bento,
     stop,
     switch_production,
@@ -141,7 +142,7 @@ def rollback(root: Path, config: str | None = None) -> str:
     stop(state.staging)
     state.staging = start_bento(previous["bento"], previous["release"], cfg.staging_port, folder / "logs", 180)
     state.save(folder)
-    release_dir = Path(bentoml.models.get(f"{RELEASE_MODEL}:{previous['release']}").path)
+    release_dir = release_folder(previous["release"])
     release = read_release(release_dir)
     from zenml.client import Client
 
@@ -151,8 +152,8 @@ def rollback(root: Path, config: str | None = None) -> str:
         release.id,
         TwoStagePredictor(release_dir),
         held_out_samples(shard_set, cfg.accuracy_sample),
-        release.end_to_end_accuracy() or 0.0,
         cfg,
+        compare_with_production=False,
     )
     if not report.passed:
         stop(state.staging)

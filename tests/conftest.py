@@ -6,9 +6,16 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import UUID
 
 import pytest
+
+if TYPE_CHECKING:
+    from fieldguide.twostage import TwoStageTable
 
 ROOT = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="fieldguide-tests-"))
@@ -65,12 +72,31 @@ def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None)
 
 @pytest.fixture(scope="session")
 def demo_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo catalog with every kind of planted bad row (3 groups x 3 species x 24 images, 64 px)."""
+    """A small demo catalog with every kind of planted bad row (3 groups x 3 species x 48 images, 64 px)."""
     from fieldguide.demo import generate
 
     out = tmp_path_factory.mktemp("demo")
-    generate(out, ["succulents", "ferns", "flowers"], 3, 24, size=64, bad_fraction=0.08, seed=1, progress=False)
+    generate(out, ["succulents", "ferns", "flowers"], 3, 48, size=64, bad_fraction=0.08, seed=1, progress=False)
     return out / "catalog.csv"
+
+
+def deploy_config(path: Path, like: Path | None = None, **serving: object) -> Path:
+    """Write a deploy config for tests: tests/configs/deploy_test.yaml (or `like`) on free production/staging ports.
+
+    A config written with `like` keeps its ports (the same production URL), with `serving` overrides.
+    """
+    import yaml
+
+    from fieldguide.config import load_yaml
+    from fieldguide.deploy import free_port
+
+    data = load_yaml(like or ROOT / "tests/configs/deploy_test.yaml")
+    params = data["parameters"]
+    if like is None:
+        params["production_port"], params["staging_port"] = free_port(), free_port()
+    params["serving"] = {**params.get("serving", {}), **serving}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 CHILD_TINY = ROOT / "tests" / "configs" / "child_tiny.yaml"
@@ -93,17 +119,104 @@ def child_run(shard_set_id):
     return Client().get_pipeline_run(run.id)
 
 
-@pytest.fixture(scope="session")
-def release_versions(shard_set_id) -> dict[str, str]:
-    """A router and one child per group, trained well enough to serve (model name → model version id)."""
+def register_copy(version_id: str, name: str, label: str, change: str = "") -> str:
+    """Register a copy of a model version as a new version of `name`, its quality changed on purpose.
+
+    change: "" (an exact copy), "degenerate" (answers its first class for every image) or "swap" (the first two
+    classes' outputs swapped: a plausible but worse model).
+    """
+    import torch
+    from zenml import Model, link_artifact_to_model, save_artifact
+    from zenml.client import Client
+    from zenml.enums import ArtifactType
+
+    from steps.materializers import ModelBundleMaterializer
+
+    good = Client().get_model_version(model_version_name_or_number_or_id=UUID(version_id))
+    bundle = good.get_model_artifact("model").load()
+    head = bundle.model.get_classifier()
+    with torch.no_grad():
+        if change == "degenerate":
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor([20.0] + [0.0] * (len(head.bias) - 1)))
+        elif change == "swap":
+            head.weight[[0, 1]] = head.weight[[1, 0]].clone()
+            head.bias[[0, 1]] = head.bias[[1, 0]].clone()
+    Client().create_model_version(name, name=label, description=f"test: copy of v{good.number}, change={change!r}")
+    artifact = save_artifact(
+        bundle, name="model", materializer=ModelBundleMaterializer, artifact_type=ArtifactType.MODEL
+    )
+    link_artifact_to_model(artifact, model=Model(name=name, version=label))
+    return str(Client().get_model_version(name, label).id)
+
+
+def two_stage(versions: dict[str, str], shard_set_id: str, route_k: int = 2) -> TwoStageTable:
+    """The two-stage table of model versions (name → id) on a shard set's test split, in process."""
     from zenml.client import Client
 
+    from fieldguide.twostage import evaluate_release
+    from steps.evaluate.evaluate_release import load_version
+
+    bundles = {name: load_version(vid)[1] for name, vid in versions.items()}
+    children = {name.removeprefix("child-"): b for name, b in bundles.items() if name != "router"}
+    return evaluate_release(bundles["router"], children, Client().get_artifact_version(shard_set_id).load(), (route_k,))
+
+
+def end_to_end(table: TwoStageTable) -> float:
+    return next(iter(table.end_to_end.values()))
+
+
+@dataclass
+class Releases:
+    """The session's deterministic release fixture: model versions (name → id) of each kind, with their accuracy."""
+
+    good: dict[str, str]
+    weak: dict[str, str]  # two children with two species swapped: passes its own checks, evaluates far below good
+    degenerate: dict[str, str]  # child-succulents answers one species; still better end to end than `weak`
+    accuracy: dict[str, float]  # end-to-end top-1 at route_k 2 on the test split, per kind
+
+
+@pytest.fixture(scope="session")
+def releases(shard_set_id) -> Releases:
+    """A router and one child per group trained with fixed seeds, plus copies of controlled quality.
+
+    Built once per session and reused by every serving and rollout test; the accuracies every test relies on are
+    asserted here, so they hold on every machine or fail here, naming the figure.
+    """
+    from zenml.client import Client
+
+    from fieldguide.staging import held_out_samples
     from pipelines.runner import run_child, run_parent
 
     runs = [run_parent(ROOT, str(ROOT / "tests/configs/parent_serve.yaml"), False, shard_set_id=shard_set_id)]
     runs += run_child(ROOT, "all", str(ROOT / "tests/configs/child_serve.yaml"), False, shard_set_id=shard_set_id)
-    out = {}
+    good = {}
     for run in runs:
         version = Client().get_pipeline_run(run.id).model_version
-        out[version.model.name] = str(version.id)
-    return out
+        good[version.model.name] = str(version.id)
+    weak = dict(good)
+    for name in ("child-ferns", "child-flowers"):
+        weak[name] = register_copy(good[name], name, f"weak-{name}", change="swap")
+    degenerate = good | {
+        "child-succulents": register_copy(good["child-succulents"], "child-succulents", "degenerate", "degenerate")
+    }
+    table = two_stage(good, shard_set_id)
+    accuracy = {
+        kind: end_to_end(two_stage(v, shard_set_id)) for kind, v in (("weak", weak), ("degenerate", degenerate))
+    }
+    accuracy["good"] = end_to_end(table)
+    shard_set = Client().get_artifact_version(shard_set_id).load()
+    groups = Counter(shard_set.classes.species_group[y] for _, y in held_out_samples(shard_set, 10_000))
+    print(f"release fixture: router {table.router_acc:.3f}, end to end {accuracy}, test images per group {groups}")
+    assert groups["succulents"] >= 12, groups  # room for the degenerate check (10 routed images)
+    assert table.router_acc >= 0.85, table
+    assert accuracy["good"] >= 0.6, accuracy
+    assert accuracy["weak"] <= accuracy["good"] - 0.15, accuracy
+    assert accuracy["degenerate"] >= accuracy["weak"] + 0.05, accuracy
+    return Releases(good, weak, degenerate, accuracy)
+
+
+@pytest.fixture(scope="session")
+def release_versions(releases) -> dict[str, str]:
+    """The good release's model versions (model name → version id)."""
+    return releases.good

@@ -1,4 +1,4 @@
-"""The BentoML service behind a real `bentoml serve`, the deploy pipeline, blue/green promotion and rollback."""
+"""The BentoML service behind a real `bentoml serve`, the deploy pipeline, staging checks, promotion and rollback."""
 
 from __future__ import annotations
 
@@ -8,15 +8,26 @@ from uuid import UUID
 
 import httpx
 import pytest
-import torch
 
 from fieldguide.errors import FieldguideError
 from fieldguide.staging import png_header
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, deploy_config, register_copy, run_cli
 
-DEPLOY_A = str(ROOT / "tests/configs/deploy_test.yaml")
-DEPLOY_B = str(ROOT / "tests/configs/deploy_test_b.yaml")
-PRODUCTION = "http://127.0.0.1:3900"
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory) -> dict[str, str]:
+    """Deploy configs on free ports: release A's, and B's (the same models answering 3 species, not 5)."""
+    folder = tmp_path_factory.mktemp("deploy")
+    a = deploy_config(folder / "a.yaml")
+    return {"a": str(a), "b": str(deploy_config(folder / "b.yaml", like=a, top_k=3))}
+
+
+@pytest.fixture(scope="module")
+def url(configs) -> str:
+    """The production URL of this module's servers."""
+    from fieldguide.config import run_parameters
+
+    return f"http://127.0.0.1:{run_parameters(configs['a'])['production_port']}"
 
 
 @pytest.fixture(scope="module")
@@ -27,28 +38,40 @@ def images(demo_catalog) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def production(release_versions):
-    """Release A in production (deployed through the deploy pipeline); every server stopped afterwards."""
+def weak_production(releases, configs, url):
+    """The weak release in production first (deployed through the deploy pipeline); every server stopped after."""
     from pipelines.rollout import run_deploy, stop_all
 
-    run_deploy(ROOT, DEPLOY_A, versions=release_versions, by="tester")
-    yield release_id()
+    run_deploy(ROOT, configs["a"], versions=releases.weak, by="tester")
+    yield release_id(url)
     stop_all()
 
 
-def release_id() -> str:
-    return httpx.get(f"{PRODUCTION}/release", timeout=10).json()["id"]
+@pytest.fixture(scope="module")
+def production(weak_production, releases, configs, url):
+    """Release A (the good models) replaces the weak release in production."""
+    from pipelines.rollout import run_deploy
+
+    run_deploy(ROOT, configs["a"], versions=releases.good, by="tester")
+    live = release_id(url)
+    assert live != weak_production
+    return live
 
 
-def classify(client: httpx.Client, jpeg: bytes) -> httpx.Response:
-    return client.post(f"{PRODUCTION}/classify", files={"file": ("x.jpg", jpeg, "image/jpeg")})
+def release_id(url: str) -> str:
+    return httpx.get(f"{url}/release", timeout=10).json()["id"]
+
+
+def classify(client: httpx.Client, url: str, jpeg: bytes) -> httpx.Response:
+    return client.post(f"{url}/classify", files={"file": ("x.jpg", jpeg, "image/jpeg")})
 
 
 class Hammer(threading.Thread):
     """A client sending requests to production until stopped, counting every failure."""
 
-    def __init__(self, jpeg: bytes) -> None:
+    def __init__(self, url: str, jpeg: bytes) -> None:
         super().__init__(daemon=True)
+        self.url = url
         self.jpeg = jpeg
         self.stop_event = threading.Event()
         self.ok = 0
@@ -59,7 +82,7 @@ class Hammer(threading.Thread):
         with httpx.Client(timeout=30) as client:
             while not self.stop_event.is_set():
                 try:
-                    resp = classify(client, self.jpeg)
+                    resp = classify(client, self.url, self.jpeg)
                 except httpx.HTTPError as exc:
                     self.failures.append(type(exc).__name__)
                     continue
@@ -75,15 +98,15 @@ class Hammer(threading.Thread):
         return self
 
 
-def test_production_answers_species_group_and_versions(production, images):
-    """Acceptance 1: POST an image to the production URL → species, group, versions."""
+def test_production_answers_species_group_and_versions(production, url, images):
+    """POST an image to the production URL → species, group, versions."""
     with httpx.Client(timeout=30) as client:
-        body = classify(client, images[0]).json()
+        body = classify(client, url, images[0]).json()
     assert len(body["species"]) == 5 and 0 < body["species"][0]["probability"] <= 1
     assert body["group"]["name"] in {"ferns", "flowers", "succulents"}
     assert set(body["versions"]) == {"router", "child-ferns", "child-flowers", "child-succulents"}
     assert body["release"] == production and body["latency_ms"] > 0
-    info = httpx.get(f"{PRODUCTION}/release", timeout=10).json()
+    info = httpx.get(f"{url}/release", timeout=10).json()
     assert info["status"] in ("candidate", "production") and info["evaluation"]
     status = run_cli("status")
     assert status.returncode == 0 and "production (gateway)" in status.stdout and production in status.stdout
@@ -107,109 +130,107 @@ def malformed(rng: random.Random, jpeg: bytes, i: int) -> dict:
     return {"files": {rng.choice(["image", "upload", "f"]): ("x.jpg", jpeg, "image/jpeg")}}
 
 
-def test_thousand_malformed_requests_get_4xx_and_server_stays_healthy(production, images):
-    """Acceptance 4."""
+def test_thousand_malformed_requests_get_4xx_and_server_stays_healthy(production, url, images):
+    """A thousand malformed requests: only 4xx, and the server stays healthy."""
     rng = random.Random(0)
     codes: dict[int, int] = {}
     with httpx.Client(timeout=30) as client:
         for i in range(1000):
-            code = client.post(f"{PRODUCTION}/classify", **malformed(rng, images[i % len(images)], i)).status_code
+            code = client.post(f"{url}/classify", **malformed(rng, images[i % len(images)], i)).status_code
             codes[code] = codes.get(code, 0) + 1
         assert all(400 <= c < 500 for c in codes), codes
-        assert client.get(f"{PRODUCTION}/readyz").status_code == 200
-        assert classify(client, images[0]).status_code == 200
+        assert client.get(f"{url}/readyz").status_code == 200
+        assert classify(client, url, images[0]).status_code == 200
     assert sum(codes.values()) == 1000
 
 
-def register_copy(version_id: str, name: str, label: str, broken: bool) -> str:
-    """Register a copy of a model version as a new version (a broken copy always answers its first class)."""
-    from zenml import Model, link_artifact_to_model, save_artifact
-    from zenml.client import Client
-    from zenml.enums import ArtifactType
+def failed_release(before: int) -> dict:
+    """The one release recorded since `before` releases existed; it must be failed."""
+    from steps.registry import release_record
+    from steps.registry import release_versions as all_releases
 
-    from steps.materializers import ModelBundleMaterializer
-
-    good = Client().get_model_version(model_version_name_or_number_or_id=UUID(version_id))
-    bundle = good.get_model_artifact("model").load()
-    if broken:
-        head = bundle.model.get_classifier()
-        with torch.no_grad():
-            head.weight.zero_()
-            head.bias.copy_(torch.tensor([20.0] + [0.0] * (len(head.bias) - 1)))
-    Client().create_model_version(name, name=label, description=f"test: copy of v{good.number}, broken={broken}")
-    artifact = save_artifact(
-        bundle, name="model", materializer=ModelBundleMaterializer, artifact_type=ArtifactType.MODEL
-    )
-    link_artifact_to_model(artifact, model=Model(name=name, version=label))
-    return str(Client().get_model_version(name, label).id)
+    new = all_releases()[before:]
+    assert len(new) == 1, [v.name for v in new]
+    record = release_record(new[0].name)
+    assert record["status"] == "failed", record
+    return record
 
 
-def test_release_failing_staging_never_reaches_production(production, release_versions, images):
-    """Acceptance 2: children that always predict one class fail staging; production answers throughout."""
-    from zenml.client import Client
-
+def deploy_must_fail(versions: dict[str, str], config: str, url: str, jpeg: bytes) -> dict:
+    """Deploy `versions`, expect staging to fail while production answers every request; the failed record."""
     from pipelines.rollout import run_deploy, status_rows
     from pipelines.runner import pipeline_errors
-    from steps.registry import release_record
-    from steps.registry import release_versions as releases
+    from steps.registry import release_versions as all_releases
 
-    broken = {
-        n: register_copy(v, n, f"broken-{n}", broken=True) if n.startswith("child-") else v
-        for n, v in release_versions.items()
-    }
-    before = len(releases())
-    hammer = Hammer(images[1])
+    live, before = release_id(url), len(all_releases())
+    hammer = Hammer(url, jpeg)
     hammer.start()
     with pytest.raises(FieldguideError, match="Pipeline run has failed"), pipeline_errors():
-        run_deploy(ROOT, DEPLOY_A, versions=broken, by="tester")
+        run_deploy(ROOT, config, versions=versions, by="tester")
     hammer.finish()
     assert hammer.ok > 0 and not hammer.failures, hammer.failures[:5]
-    assert hammer.releases == {production} and release_id() == production
-    failed = releases()[before:]
-    assert len(failed) == 1
-    record = release_record(failed[0].name)
-    assert record["status"] == "failed" and "[FAIL] accuracy" in record["failure"]
+    assert hammer.releases == {live} and release_id(url) == live
     staging = next(r for r in status_rows() if r["role"] == "staging")
     assert staging["health"] == "not running"
-    for name, version_id in broken.items():
-        if name.startswith("child-"):
-            assert Client().get_model_version(model_version_name_or_number_or_id=version_id).stage != "production"
+    return failed_release(before)
 
 
-def test_promotion_without_failed_requests_then_rollback_restores_answers(production, release_versions, images):
-    """Acceptance 5 (zero failed requests during a promotion) and 3 (rollback restores the previous answers)."""
+def test_degenerate_child_fails_staging_whatever_production(weak_production, releases, configs, url, images):
+    """Issue 19, acceptance 3: a child answering one class fails on its own terms, though production is weaker."""
+    from zenml.client import Client
+
+    assert releases.accuracy["degenerate"] > releases.accuracy["weak"]  # the regression check alone would pass it
+    record = deploy_must_fail(releases.degenerate, configs["a"], url, images[1])
+    assert "[FAIL] served sanity" in record["failure"] and "degenerate: child-succulents" in record["failure"]
+    assert "[ok] regression" in record["failure"] and "[ok] serving correctness" in record["failure"]
+    version = Client().get_model_version(model_version_name_or_number_or_id=releases.degenerate["child-succulents"])
+    assert version.stage != "production"
+
+
+def test_release_worse_than_production_fails_the_regression_check(production, releases, configs, url, images):
+    """Issue 19, acceptance 2: served answers match its evaluation, but it evaluates far below production."""
+    assert releases.accuracy["weak"] < releases.accuracy["good"] - 0.02
+    record = deploy_must_fail(releases.weak, configs["a"], url, images[1])
+    assert "[FAIL] regression" in record["failure"], record["failure"]
+    for line in ("[ok] serving correctness", "[ok] served sanity", "[ok] health", "[ok] bad input"):
+        assert line in record["failure"], record["failure"]
+
+
+def test_promotion_without_failed_requests_then_rollback_restores_answers(production, releases, configs, url, images):
+    """Zero failed requests during a promotion; rollback restores the previous answers."""
     from pipelines.rollout import rollback, run_deploy
 
     def answers() -> list[list[tuple[str, float]]]:
         with httpx.Client(timeout=30) as client:
             return [
-                [(s["name"], round(s["probability"], 3)) for s in classify(client, j).json()["species"]] for j in images
+                [(s["name"], round(s["probability"], 3)) for s in classify(client, url, j).json()["species"]]
+                for j in images
             ]
 
     before = answers()
     assert all(len(a) == 5 for a in before)
-    hammer = Hammer(images[2])
+    hammer = Hammer(url, images[2])
     hammer.start()
-    run_deploy(ROOT, DEPLOY_B, versions=release_versions, by="tester")
+    run_deploy(ROOT, configs["b"], versions=releases.good, by="tester")
     hammer.finish()
     assert hammer.ok > 0 and not hammer.failures, hammer.failures[:5]
-    release_b = release_id()
+    release_b = release_id(url)
     assert release_b != production and production in hammer.releases
     after_b = answers()
     assert all(len(a) == 3 for a in after_b) and after_b != before
 
-    hammer = Hammer(images[3])
+    hammer = Hammer(url, images[3])
     hammer.start()
-    assert rollback(ROOT, DEPLOY_A) == production
+    assert rollback(ROOT, configs["a"]) == production
     hammer.finish()
     assert not hammer.failures, hammer.failures[:5]
-    assert release_id() == production
+    assert release_id(url) == production
     assert answers() == before
     listing = run_cli("releases").stdout
     assert release_b in listing and "archived" in listing
 
 
-def test_watch_rolls_out_an_approval_made_in_the_dashboard(production, release_versions):
+def test_watch_rolls_out_an_approval_made_in_the_dashboard(production, release_versions, configs, url):
     """`watch` picks up a version tagged `approved` (as the dashboard does) and runs the deploy pipeline for it."""
     from zenml import log_metadata
     from zenml.client import Client
@@ -219,13 +240,13 @@ def test_watch_rolls_out_an_approval_made_in_the_dashboard(production, release_v
     from steps.registry import release_versions as releases
 
     # A new, evaluated version of child-succulents (a copy of the production one, so staging passes).
-    version_id = register_copy(release_versions["child-succulents"], "child-succulents", "retrained", broken=False)
+    version_id = register_copy(release_versions["child-succulents"], "child-succulents", "retrained")
     gate = {"passed": True, "reasons": []}
     log_metadata(metadata={"gate": gate, "approval": initial_approval(gate)}, model_version_id=UUID(version_id))
     version = Client().get_model_version(model_version_name_or_number_or_id=UUID(version_id))
     Client().update_model_version(version.model.id, version.id, add_tags=["approved"])
     before = {v.name for v in releases()}
-    res = run_cli("watch", "--once", "--config", DEPLOY_A, timeout=900)
+    res = run_cli("watch", "--once", "--config", configs["a"], timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"watch: child-succulents v{version.number} approved; rolling out" in res.stdout
     new = [v.name for v in releases() if v.name not in before]
@@ -234,6 +255,6 @@ def test_watch_rolls_out_an_approval_made_in_the_dashboard(production, release_v
     assert record["versions"]["child-succulents"] == f"v{version.number}" and record["status"] == "production"
     after = Client().get_model_version(model_version_name_or_number_or_id=version.id)
     assert after.run_metadata["rollout"] and after.run_metadata["approval"]["by"] == "dashboard"
-    assert after.stage == "production" and release_id() == new[0]
-    res = run_cli("watch", "--once", "--config", DEPLOY_A)
+    assert after.stage == "production" and release_id(url) == new[0]
+    res = run_cli("watch", "--once", "--config", configs["a"])
     assert "rolling out" not in res.stdout  # each approval rolls out once
