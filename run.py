@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from fieldguide.keys import NAMES_HELP
+
 ROOT = Path(__file__).resolve().parent
 PIPELINES = ("data", "parent", "child", "flat", "all", "deploy")
 
@@ -75,6 +77,12 @@ Examples:
 @click.option(
     "--catalog", "catalog", default=None, help="Catalog CSV, image folder or s3:// URI (overrides the config)."
 )
+@click.option(
+    "--dataset",
+    "dataset",
+    default=None,
+    help="Dataset version to train/deploy on (a unique prefix is enough; default: the last data pipeline run's).",
+)
 @click.option("--no-cache", is_flag=True, help="Run every step even when ZenML has cached outputs.")
 @click.option(
     "--dry-run",
@@ -89,6 +97,7 @@ def cli(
     config: str | None,
     stack: str | None,
     catalog: str | None,
+    dataset: str | None,
     no_cache: bool,
     dry_run: bool,
 ) -> None:
@@ -117,9 +126,17 @@ def cli(
             return
         click.echo(ctx.get_help())
         return
+    if pipeline == "deploy":
+        from pipelines.deploy_runs import run_deploy
+        from pipelines.runner import resolve_dataset
+
+        if catalog:
+            raise click.UsageError("--pipeline deploy takes --dataset VERSION, not --catalog")
+        run_deploy(ROOT, config, dataset=resolve_dataset(ROOT, dataset, None) if dataset else None)
+        return
     from pipelines.runner import run_pipeline
 
-    run_pipeline(ROOT, pipeline, group=group, config=config, catalog=catalog, no_cache=no_cache)
+    run_pipeline(ROOT, pipeline, group=group, config=config, catalog=catalog, no_cache=no_cache, dataset=dataset)
 
 
 @cli.group()
@@ -143,7 +160,7 @@ def data_demo(
     out: str, groups: str, species_per_group: int, images_per_species: int, size: int, bad_fraction: float, seed: int
 ) -> None:
     """Generate the procedural demo catalog (images, catalog.csv, taxonomy.yaml, bad_rows.csv)."""
-    from fieldguide.demo import generate
+    from fieldguide.data.demo import generate
 
     names = [g.strip() for g in groups.split(",") if g.strip()]
     if len(names) < 1:
@@ -167,10 +184,10 @@ def data_qa(catalog: str, taxonomy: str | None, config: str | None, as_json: boo
     """Run QA on CATALOG (CSV, image folder or s3:// URI) and report valid images and rejections."""
     import json
 
-    from fieldguide.config import load_data_config
-    from fieldguide.reports import qa_catalog, render_qa_text
+    from fieldguide.data.qa_report import qa_catalog, render_qa_text
+    from fieldguide.runconfig import load_run_config
 
-    cfg = load_data_config(config or ROOT / "configs" / "data.yaml")
+    cfg = load_run_config(ROOT, "data", config).params
     result, version = qa_catalog(catalog, taxonomy, cfg.rules, progress=not as_json)
     if as_json:
         payload = {
@@ -195,7 +212,7 @@ def data_qa(catalog: str, taxonomy: str | None, config: str | None, as_json: boo
 )
 def data_recreate(manifest: str, out: str) -> None:
     """Rebuild the dataset version of MANIFEST in OUT, verifying every sha256; exit 1 naming changed files."""
-    from fieldguide.manifest import Manifest, recreate
+    from fieldguide.data.manifest import Manifest, recreate
 
     m = Manifest.load(manifest)
     res = recreate(m, Path(out))
@@ -214,7 +231,7 @@ def data_recreate(manifest: str, out: str) -> None:
 @click.argument("b")
 def data_diff(a: str, b: str) -> None:
     """List rows added, removed, relabelled or changed between manifests A and B."""
-    from fieldguide.manifest import Manifest, diff
+    from fieldguide.data.manifest import Manifest, diff
 
     ma, mb = Manifest.load(a), Manifest.load(b)
     d = diff(ma, mb)
@@ -269,13 +286,13 @@ def mlflow_ui(port: int, print_uri: bool) -> None:
 
 
 @cli.command()
-@click.option("--model", "model", default=None, help="Only this model (router, child-<group>, flat).")
+@click.option("--model", "model", default=None, help=f"Only this model ({NAMES_HELP}).")
 def models(model: str | None) -> None:
     """List models and versions: stage, approval state, who decided, test metrics."""
     from rich.console import Console
     from rich.table import Table
 
-    from steps.registry import models_rows
+    from registry.versions import models_rows
 
     rows = [r for r in models_rows() if model is None or r["model"] == model]
     if not rows:
@@ -292,19 +309,29 @@ def models(model: str | None) -> None:
     Console(width=200).print(table)
 
 
-def _decide(action: str, model: str, version: str, by: str, note: str, force: bool, deploy: bool = False) -> None:
-    from steps.registry import record_decision
+def _decide(
+    action: str,
+    model: str,
+    version: str,
+    by: str,
+    note: str,
+    force: bool,
+    deploy: bool = False,
+    config: str | None = None,
+) -> None:
+    if action == "approve":
+        from pipelines.deploy_runs import approve as do_approve
 
-    found = record_decision(model, version, action, by, note, force)
+        found = do_approve(ROOT, model, version, by, note, force, deploy, config)
+    else:
+        from registry.lock import registry_lock
+        from registry.versions import record_decision
+
+        with registry_lock(what=f"rejecting {model} {version}"):
+            found = record_decision(model, version, action, by, note, force)
     record = found.run_metadata["approval"]
     forced = " (forced past the quality gate)" if record.get("forced") else ""
     click.echo(f"{model} v{found.number}: {record['state']} by {record['by']} at {record['at']}{forced}")
-    if deploy:
-        from pipelines.rollout import deploy_after_approval
-        from pipelines.runner import pipeline_errors
-
-        with pipeline_errors():
-            deploy_after_approval(ROOT, model, found, by)
 
 
 _decision_options = [
@@ -324,10 +351,14 @@ def _with_decision_options(fn: object) -> object:
 @cli.command()
 @_with_decision_options
 @click.option("--force", is_flag=True, help="Approve even though the version failed the quality gate (recorded).")
-@click.option("--no-deploy", is_flag=True, help="Only record the approval; do not start the rollout.")
-def approve(model: str, version: str, by: str, note: str, force: bool, no_deploy: bool) -> None:
-    """Approve a model version and roll it out (MODEL: router, child-<group>; VERSION: e.g. 3 or v3)."""
-    _decide("approve", model, version, by, note, force, deploy=not no_deploy)
+@click.option("--no-deploy", is_flag=True, help="Only record the approval; never rolled out (not by `watch` either).")
+@click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
+def approve(model: str, version: str, by: str, note: str, force: bool, no_deploy: bool, config: str | None) -> None:
+    """Approve a model version and roll it out (MODEL: a release member, e.g. router; VERSION: e.g. 3 or v3).
+
+    Approvals and rollouts take turns: a second `approve` waits for the first one's rollout.
+    """
+    _decide("approve", model, version, by, note, force, deploy=not no_deploy, config=config)
 
 
 @cli.command()
@@ -341,24 +372,27 @@ def reject(model: str, version: str, by: str, note: str) -> None:
 @click.option("--router", "router", default=None, help="Router version (default: latest).")
 @click.option("--child", "children", multiple=True, help="GROUP=VERSION for a child (default: latest of each).")
 @click.option("--config", "config", default=None, help="Release config YAML (default: configs/release.yaml).")
-def evaluate_release(router: str | None, children: tuple[str, ...], config: str | None) -> None:
+@click.option("--dataset", "dataset", default=None, help="Dataset version (default: the last data pipeline run's).")
+def evaluate_release(router: str | None, children: tuple[str, ...], config: str | None, dataset: str | None) -> None:
     """Two-stage evaluation of a release on the test split: router, oracle child, end-to-end for each k."""
-    from pipelines.runner import known_groups, latest_shard_set_id, run_release_eval
-    from steps.registry import find_version, require_version
+    from fieldguide.keys import ModelKey, release_members
+    from pipelines.runner import resolve_dataset, run_release_eval
+    from registry.versions import find_version, latest_version
 
-    shard_set_id = latest_shard_set_id()
+    ds = resolve_dataset(ROOT, dataset, None)
     picked = dict(c.split("=", 1) for c in children if "=" in c)
     bad = [c for c in children if "=" not in c]
     if bad:
         raise click.UsageError(f"--child takes GROUP=VERSION, got {bad[0]!r}")
-    versions = {"router": str((find_version("router", router) if router else require_version("router")).id)}
-    for group in known_groups(shard_set_id):
-        name = f"child-{group}"
-        chosen = find_version(name, picked.pop(group)) if group in picked else require_version(name)
-        versions[name] = str(chosen.id)
+    chosen = {ModelKey.router(): router} | {ModelKey.child(g): picked.pop(g, None) for g in ds.groups}
     if picked:
         raise click.UsageError(f"unknown group(s) in --child: {', '.join(picked)}")
-    run_release_eval(ROOT, config, shard_set_id, versions)
+    versions = {
+        key.name: str((find_version(key, number) if number else latest_version(key)).id)
+        for key, number in chosen.items()
+        if key in release_members(ds.groups)
+    }
+    run_release_eval(ROOT, config, ds, versions)
 
 
 @cli.command("approve-pending")
@@ -366,7 +400,7 @@ def evaluate_release(router: str | None, children: tuple[str, ...], config: str 
 @click.option("--note", default="", help="Why (recorded with every version).")
 def approve_pending(by: str, note: str) -> None:
     """Approve the newest pending version of the router and of every child, then roll them out as one release."""
-    from pipelines.rollout import approve_pending_and_deploy
+    from pipelines.deploy_runs import approve_pending_and_deploy
 
     url = approve_pending_and_deploy(ROOT, by, note)
     demo = sorted((Path(os.environ["FIELDGUIDE_HOME"]) / "demo-catalog" / "images").glob("*/*/*.jpg"))
@@ -377,34 +411,23 @@ def approve_pending(by: str, note: str) -> None:
 
 @cli.command()
 def releases() -> None:
-    """List releases: id, model versions, created, approved by, status, two-stage accuracy."""
+    """List releases: id, status (production, archived, failed), model versions, created, approved by, accuracy."""
     from rich.console import Console
     from rich.table import Table
 
-    from steps.registry import release_record, release_versions
+    from registry.releases import releases_rows
 
-    versions = release_versions()
-    if not versions:
+    rows = releases_rows()
+    if not rows:
         click.echo("no releases yet: approve model versions (or run `make run`)")
         return
     table = Table(title="fieldguide releases")
-    for col in ("release", "status", "models", "created", "approved by", "end-to-end acc"):
+    columns = ("release", "status", "models", "created", "approved by", "end-to-end acc")
+    for col in columns:
         table.add_column(col, overflow="fold")
     styles = {"production": "green", "failed": "red"}
-    for v in versions:
-        rec = release_record(v.name)
-        acc = next((f"{x:.3f}" for k, x in rec.get("evaluation", {}).items() if k.startswith("end-to-end")), "")
-        models = ", ".join(f"{k} {x}" for k, x in rec.get("versions", {}).items())
-        status = rec.get("status", "?")
-        table.add_row(
-            v.name,
-            status,
-            models,
-            rec.get("created", ""),
-            rec.get("approved_by", ""),
-            acc,
-            style=styles.get(status, ""),
-        )
+    for row in rows:
+        table.add_row(*(row[c] for c in columns), style=styles.get(row["status"], ""))
     Console(width=200).print(table)
 
 
@@ -412,7 +435,7 @@ def releases() -> None:
 @click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
 def rollback(config: str | None) -> None:
     """Switch production back to the previous release (staging, tests, blue/green swap)."""
-    from pipelines.rollout import rollback as do_rollback
+    from pipelines.deploy_runs import rollback as do_rollback
 
     click.echo(f"production is now {do_rollback(ROOT, config)}")
 
@@ -420,9 +443,10 @@ def rollback(config: str | None) -> None:
 @cli.command()
 def status() -> None:
     """Staging and production: release, URL, pid and health."""
-    from pipelines.rollout import status_rows
+    from fieldguide.serve.servers import status_rows
+    from registry.promotion import serving_dir
 
-    for row in status_rows():
+    for row in status_rows(serving_dir()):
         cells = (row["role"], row["release"] or "-", row["url"] or "-", f"pid {row['pid'] or '-'}", row["health"])
         click.echo("{:<22} {:<18} {:<24} {:<10} {}".format(*cells))
 
@@ -430,9 +454,10 @@ def status() -> None:
 @cli.command()
 def stop() -> None:
     """Stop the staging, production and gateway servers this project started."""
-    from pipelines.rollout import stop_all
+    from fieldguide.serve.servers import stop_all
+    from registry.promotion import serving_dir
 
-    stopped = stop_all()
+    stopped = stop_all(serving_dir())
     click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
 
 
@@ -442,7 +467,7 @@ def stop() -> None:
 @click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
 def watch(interval: float, once: bool, config: str | None) -> None:
     """Roll out approvals made anywhere (CLI, dashboard tag `approved`) by polling the registry."""
-    from pipelines.rollout import watch as do_watch
+    from pipelines.deploy_runs import watch as do_watch
 
     do_watch(ROOT, interval, once, config)
 
@@ -451,9 +476,10 @@ def watch(interval: float, once: bool, config: str | None) -> None:
 @click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
 def serve(config: str | None) -> None:
     """Serve the current production release (starting it if it is not running) and print its URL."""
-    from pipelines.rollout import serve_production
+    from pipelines.deploy_runs import deploy_config
+    from registry.promotion import serve_production, serving_dir
 
-    url = serve_production(ROOT, config)
+    url = serve_production(deploy_config(ROOT, config), serving_dir())
     click.echo(f"production: {url}  (try: curl -F file=@photo.jpg {url}/classify)")
 
 

@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from fieldguide.images import load_rgb  # noqa: E402
-from fieldguide.loader import ShardDataset, iter_tar_samples, make_loader  # noqa: E402
-from fieldguide.shards import ShardSet, flat_view  # noqa: E402
+from fieldguide.data.images import load_rgb  # noqa: E402
+from fieldguide.data.loader import ShardDataset, iter_tar_samples, make_loader  # noqa: E402
+from fieldguide.data.shards import ShardSet, flat_view  # noqa: E402
 
 
 class BytesDataset(Dataset):
@@ -44,10 +44,10 @@ class BytesDataset(Dataset):
 def build(work: Path, images_per_species: int) -> ShardSet:
     """Demo catalog → QA → manifest → shards (reused when present)."""
     from fieldguide.config import QARules, ShardConfig, SplitConfig
-    from fieldguide.demo import generate
-    from fieldguide.manifest import Manifest
-    from fieldguide.reports import qa_catalog
-    from fieldguide.shards import build_shards
+    from fieldguide.data.demo import generate
+    from fieldguide.data.manifest import Manifest
+    from fieldguide.data.qa_report import qa_catalog
+    from fieldguide.data.shards import build_shards
 
     if not (work / "catalog.csv").exists():
         generate(work, None, 5, images_per_species, 96, 0.0, 0)
@@ -79,7 +79,7 @@ def main() -> None:
     torch.set_num_threads(1)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fieldguide-bench-loader-"))
     shard_set = build(work, args.images_per_species)
-    from fieldguide.models import create_model, data_config_for, train_transform
+    from fieldguide.train.models import create_model, data_config_for, train_transform
 
     transform = train_transform(data_config_for(create_model("mobilenetv3_small_050", 2), args.img_size))
     view = flat_view(shard_set)

@@ -29,7 +29,7 @@ def make_catalog(out: Path, rows: int, size: int) -> Path:
     from PIL import Image
     from tqdm import tqdm
 
-    from fieldguide.demo import make_species, render
+    from fieldguide.data.demo import make_species, render
 
     species = make_species(["succulents", "ferns"], 5)
     bases = [np.asarray(render(sp, np.random.default_rng([7, i]), size)) for i, sp in enumerate(species)]
@@ -53,9 +53,9 @@ def make_catalog(out: Path, rows: int, size: int) -> Path:
 
 def run_ours(catalog: str) -> dict:
     """Fieldguide QA with the default rules (one decoding process per core)."""
-    from fieldguide.catalog import read_catalog
     from fieldguide.config import QARules
-    from fieldguide.qa import run_qa
+    from fieldguide.data.catalog import read_catalog
+    from fieldguide.data.qa import run_qa
 
     t0 = time.perf_counter()
     result = run_qa(read_catalog(catalog), QARules(min_side=16), None, source=catalog, progress=False)

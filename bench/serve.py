@@ -1,6 +1,6 @@
 """Serving: the BentoML two-stage service over HTTP vs the raw in-process two-stage forward, in one run.
 
-One release, the same images. Raw: fieldguide.serving.TwoStagePredictor.classify per image in this process
+One release, the same images. Raw: fieldguide.serve.predictor.TwoStagePredictor.classify per image in this process
 (decode, preprocess, router + children, answer), one after another. Served: `bentoml serve` of the same release
 on loopback, with adaptive batching on and then off (servers run one at a time, so they never share the two
 cores), loaded by an asyncio client at fixed request rates (open loop, latency counted from each request's
@@ -27,8 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from fieldguide.deploy import RELEASE_MODEL, Server, free_port, start_bento, stop  # noqa: E402
-from fieldguide.serving import RELEASE_FILE, TwoStagePredictor  # noqa: E402
+from fieldguide.ports import free_port  # noqa: E402
+from fieldguide.serve.predictor import RELEASE_FILE, TwoStagePredictor  # noqa: E402
+from fieldguide.serve.release import RELEASE_MODEL  # noqa: E402
+from fieldguide.serve.servers import Server, start_bento, stop  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -19,10 +19,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.loader import build  # noqa: E402
-from fieldguide.loader import ShardDataset, make_loader  # noqa: E402
-from fieldguide.models import create_model, data_config_for, train_transform  # noqa: E402
-from fieldguide.shards import parent_view  # noqa: E402
-from fieldguide.training import TrainParams, fit  # noqa: E402
+from fieldguide.data.loader import ShardDataset, make_loader  # noqa: E402
+from fieldguide.data.shards import parent_view  # noqa: E402
+from fieldguide.train.fit import TrainParams, fit  # noqa: E402
+from fieldguide.train.models import create_model, data_config_for, train_transform  # noqa: E402
 
 
 def bare(shard_set, view, params: TrainParams) -> float:

@@ -2,7 +2,7 @@
 
 `bentoml serve bentos.service:Classifier` serves the newest `fieldguide-release` in the BentoML model store;
 a bento built by the deploy pipeline pins its release (FIELDGUIDE_RELEASE=fieldguide-release:<id> at build time).
-Preprocessing and the two-stage forward are fieldguide's own (fieldguide.serving), the functions evaluation used.
+Preprocessing and the two-stage forward are fieldguide's own (fieldguide.serve.predictor), as in evaluation.
 
 HTTP routes: POST /classify (multipart field `file`), GET /release, and BentoML's /healthz, /livez, /readyz,
 /metrics. /classify is a FastAPI route on the BentoML service rather than a @bentoml.api: BentoML 1.4.40's own
@@ -36,7 +36,7 @@ class TwoStageModel:
     release = RELEASE
 
     def __init__(self) -> None:
-        from fieldguide.serving import TwoStagePredictor
+        from fieldguide.serve.predictor import TwoStagePredictor
 
         self.predictor = TwoStagePredictor(Path(self.release.path))
 
@@ -60,22 +60,30 @@ class Classifier:
     model = bentoml.depends(TwoStageModel)
 
     def __init__(self) -> None:
-        from fieldguide.serving import TwoStagePredictor
+        from fieldguide.serve.predictor import TwoStagePredictor
 
         # Release metadata and the transform only; the weights live in the model service.
         self.predictor = TwoStagePredictor(Path(self.release.path), load_models=False)
 
     @http.get("/release")
     def release_info(self) -> dict[str, Any]:
-        """The release id, model versions, evaluation table and serving config."""
+        """The release id, model versions, evaluation table, serving config and its stage now.
+
+        The stage is the one the promotion routine last recorded (production, archived, failed), or `staging`
+        before any was: release.json itself is frozen at assembly.
+        """
         from dataclasses import asdict
 
-        return asdict(self.predictor.release)
+        from fieldguide.serve.release import read_stage
+
+        folder = os.environ.get("FIELDGUIDE_SERVING_DIR")
+        stage = read_stage(Path(folder) if folder else None, self.predictor.release.id) or "staging"
+        return {**asdict(self.predictor.release), "status": stage}
 
     @http.post("/classify")
     async def classify(self, request: Request, file: UploadFile = File(...)) -> Any:  # noqa: B008 - FastAPI idiom
         """An image upload → top-k species with probabilities, the group, the release's versions, the latency."""
-        from fieldguide.serving import BadRequest
+        from fieldguide.serve.predictor import BadRequest
 
         start = time.perf_counter()
         limit = self.predictor.config.max_bytes

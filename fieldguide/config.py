@@ -139,22 +139,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     return data
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """Dataclass → plain dict (for YAML/JSON and ZenML parameters)."""
-    return dataclasses.asdict(obj)
-
-
-def run_parameters(path: str | Path) -> dict[str, Any]:
-    """The `parameters:` mapping of a ZenML run-config YAML (the pipeline's arguments)."""
-    data = load_yaml(path)
-    params = data.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path}: 'parameters' must be a mapping")
-    return params
-
-
-def load_data_config(path: str | Path) -> DataConfig:
-    """Read and validate the data pipeline's parameters from a run-config YAML."""
-    return from_dict(DataConfig, run_parameters(path), where="parameters")

@@ -14,7 +14,6 @@ def deploy_pipeline(
     release_id: str,
     versions: dict[str, str],
     approved_by: str,
-    serving: dict[str, Any],
     deploy: dict[str, Any],
     serving_dir: str,
     root: str,
@@ -22,7 +21,7 @@ def deploy_pipeline(
     """Roll one release out; on any staging failure production is left as it was."""
     shard_set = Client().get_artifact_version(shard_set_id)
     release = assemble_release(
-        shard_set=shard_set, release_id=release_id, versions=versions, approved_by=approved_by, serving=serving
+        shard_set=shard_set, release_id=release_id, versions=versions, approved_by=approved_by, deploy=deploy
     )
     bento_tag = build_bento(release=release, root=root)
     staging = start_staging(release=release, bento_tag=bento_tag, deploy=deploy, serving_dir=serving_dir)

@@ -1,62 +1,77 @@
-"""Turn CLI options into pipeline runs: load and validate the YAML config, apply overrides, run, summarise."""
+"""Dispatch: turn CLI options into pipeline runs (run configs, the dataset each run uses, one line per run)."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fieldguide.catalog import fingerprint, is_remote
-from fieldguide.config import DataConfig, from_dict, load_yaml
-from fieldguide.errors import ConfigError, FieldguideError
-from fieldguide.trainer import ModelPipelineConfig, ReleaseConfig
-from fieldguide.tuning import sample_trials
+from fieldguide.data.catalog import fingerprint, is_remote
+from fieldguide.errors import FieldguideError
+from fieldguide.keys import ModelKey
+from fieldguide.runconfig import RunConfig, deep_merge, load_run_config
 from pipelines.training import step_ids
 
 
-def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge `overlay` into a copy of `base` (overlay wins)."""
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+@contextlib.contextmanager
+def pipeline_errors() -> Iterator[None]:
+    """Turn ZenML's "Pipeline run has failed" into one FieldguideError line."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "Pipeline run has failed" not in str(exc):
+            raise
+        raise FieldguideError(f"{exc} (the step's log is above, and in the dashboard)") from None
 
 
-def split_run_config(path: Path, group: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a run-config YAML into pipeline parameters and the rest of ZenML's run config (for with_options).
+def active_cloud() -> str:
+    """'sagemaker' when the active stack's orchestrator runs on SageMaker, else ''."""
+    from zenml.client import Client
 
-    A top-level `groups:` mapping holds per-group parameter overrides, merged in for `group`.
-    """
-    data: dict[str, Any] = load_yaml(path)
-    params = data.pop("parameters", None) or {}
-    per_group = data.pop("groups", None) or {}
-    if not isinstance(params, dict) or not isinstance(per_group, dict):
-        raise ConfigError(f"{path}: 'parameters' and 'groups' must be mappings")
-    if group and per_group.get(group):
-        params = deep_merge(params, per_group[group])
-    return params, data
+    return "sagemaker" if Client().active_stack.orchestrator.flavor == "sagemaker" else ""
 
 
-def config_path(root: Path, name: str, given: str | None) -> Path:
-    """The config file to use: the one given, else configs/<name>.yaml."""
-    path = Path(given) if given else root / "configs" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    return path
+def zenml_options(rc: RunConfig[Any], steps: list[str]) -> dict[str, Any]:
+    """ZenML's run config of `rc`, with its cloud overlay validated against the installed settings and merged."""
+    from stacks.overlays import expand_steps, run_config_part, validate_overlay
+
+    if not rc.overlay or rc.overlay_path is None:
+        return dict(rc.zenml)
+    checked = validate_overlay(rc.overlay, rc.overlay_path, steps)
+    return deep_merge(rc.zenml, run_config_part(expand_steps(checked, steps)))
 
 
-def data_parameters(root: Path, config: str | None, catalog: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validated data-pipeline parameters with the catalog override and a fresh catalog fingerprint."""
-    params, rest = split_run_config(config_path(root, "data", config))
+@dataclass
+class Dataset:
+    """The dataset version a run uses."""
+
+    # The `shard_set` artifact version the pipelines read.
+    shard_set_id: str
+    # The dataset version id (from the manifest).
+    version: str
+    # Its plant groups (one child model each).
+    groups: list[str]
+
+    @classmethod
+    def of(cls, artifact: Any) -> Dataset:
+        """From a `shard_set` artifact version (reads its small JSON, not the shards)."""
+        shard_set = artifact.load()
+        return cls(str(artifact.id), shard_set.dataset_version, list(shard_set.classes.groups))
+
+
+def data_parameters(
+    root: Path, config: str | None, catalog: str | None, cloud: str = ""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Data-pipeline parameters (catalog override, fresh catalog fingerprint) and ZenML's run config."""
+    from pipelines.data import STEPS
+
+    rc = load_run_config(root, "data", config, cloud=cloud)
+    cfg = rc.params
     if catalog:
-        params["catalog"] = catalog
-    cfg = from_dict(DataConfig, params, "parameters")
+        cfg.catalog = catalog
     if not cfg.catalog:
         raise FieldguideError(
             "no catalog given: pass --catalog PATH (CSV, image folder or s3:// URI) "
@@ -74,73 +89,52 @@ def data_parameters(root: Path, config: str | None, catalog: str | None) -> tupl
         "split": dataclasses.asdict(cfg.split),
         "shards": dataclasses.asdict(cfg.shards),
     }
-    return params, rest
+    return params, zenml_options(rc, STEPS)
 
 
 def run_data(root: Path, config: str | None, catalog: str | None, no_cache: bool) -> Any:
-    """Run the data pipeline; return the pipeline run."""
-    from pipelines.data import STEPS, data_pipeline
+    """Run the data pipeline (cached when the catalog did not change); return the pipeline run."""
+    from pipelines.data import data_pipeline
 
-    params, rest = data_parameters(root, config, catalog)
-    rest = with_cloud_overlay(root, "data", rest, STEPS)
-    return data_pipeline.with_options(**_options(rest, no_cache))(**params)
-
-
-def active_cloud() -> str:
-    """'sagemaker' when the active stack's orchestrator runs on SageMaker, else ''."""
-    from zenml.client import Client
-
-    return "sagemaker" if Client().active_stack.orchestrator.flavor == "sagemaker" else ""
+    params, options = data_parameters(root, config, catalog, active_cloud())
+    return data_pipeline.with_options(**_options(options, no_cache))(**params)
 
 
-def cloud_overlay(root: Path, name: str, cloud: str, steps: list[str]) -> dict[str, Any]:
-    """configs/<name>_<cloud>.yaml, validated and with step patterns expanded ({} without a cloud or a file)."""
-    from stacks.overlays import expand_steps, load_overlay, overlay_path
+def resolve_dataset(
+    root: Path, dataset: str | None, catalog: str | None, no_cache: bool = False, quiet: bool = False
+) -> Dataset:
+    """The dataset a run uses, printed.
 
-    path = overlay_path(root, name, cloud) if cloud else None
-    return expand_steps(load_overlay(path, steps), steps) if path and path.is_file() else {}
+    --dataset VERSION, else --catalog (runs the data pipeline, or reuses its cached run), else the dataset of the
+    last data pipeline run (cached runs included).
+    """
+    from registry.datasets import last_data_run_shard_set, shard_set_by_version, shard_set_of_run
 
-
-def with_cloud_overlay(root: Path, name: str, rest: dict[str, Any], steps: list[str]) -> dict[str, Any]:
-    """The run config with the active cloud's overlay (settings, steps) merged in."""
-    from stacks.overlays import run_config_part
-
-    return deep_merge(rest, run_config_part(cloud_overlay(root, name, active_cloud(), steps)))
-
-
-def latest_shard_set_id() -> str:
-    """The newest `shard_set` artifact (from the last data pipeline run)."""
-    from zenml.client import Client
-
-    try:
-        return str(Client().get_artifact_version("shard_set").id)
-    except KeyError:
-        raise FieldguideError("no shard set yet: run `python run.py --pipeline data --catalog PATH` first") from None
-
-
-def known_groups(shard_set_id: str) -> list[str]:
-    """Groups of a shard set (from its small JSON, not the shards)."""
-    from zenml.client import Client
-
-    return list(Client().get_artifact_version(shard_set_id).load().classes.groups)
+    if dataset and catalog:
+        raise FieldguideError("give --dataset or --catalog, not both")
+    if catalog:
+        run = run_data(root, None, catalog, no_cache)
+        summarise_run(run)
+        artifact, source = shard_set_of_run(run), f"catalog {catalog}"
+    elif dataset:
+        artifact, source = shard_set_by_version(dataset), "--dataset"
+    else:
+        artifact, source = last_data_run_shard_set(), "the last data pipeline run"
+    chosen = Dataset.of(artifact)
+    if not quiet:
+        print(f"dataset {chosen.version} ({source}; groups: {', '.join(chosen.groups)})", flush=True)
+    return chosen
 
 
 def model_parameters(
-    root: Path, name: str, config: str | None, group: str = "", cloud: str = ""
+    root: Path, key: ModelKey, config: str | None, cloud: str = ""
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validated parent/child parameters, with the trials sampled up front.
+    """A model pipeline's parameters (trials sampled up front) and ZenML's run config, the cloud overlay in."""
+    from fieldguide.train.tuning import sample_trials
 
-    With `cloud`, configs/<name>_<cloud>.yaml is merged in: its `parameters` before validation, its settings
-    and per-step settings into the run config.
-    """
-    from stacks.overlays import expand_steps, overlay_path, run_config_part, validate_overlay
-
-    params, rest = split_run_config(config_path(root, name, config), group=group)
-    path = overlay_path(root, name, cloud) if cloud else None
-    overlay = load_yaml(path) if path and path.is_file() else {}
-    params = deep_merge(params, overlay.get("parameters") or {})
-    cfg = from_dict(ModelPipelineConfig, params, "parameters")
-    out = {
+    rc = load_run_config(root, key.pipeline, config, group=key.group, cloud=cloud)
+    cfg = rc.params
+    params: dict[str, Any] = {
         "train": dataclasses.asdict(cfg.train),
         "tuning": dataclasses.asdict(cfg.tuning),
         "trials": sample_trials(cfg.tuning),
@@ -148,135 +142,125 @@ def model_parameters(
         "experiment_tracker": cfg.experiment_tracker,
         "checkpoint_dir": cfg.checkpoint_dir,
     }
-    if name == "parent":
-        out["per_group"] = cfg.per_group
-    if overlay and path:
-        steps = step_ids(len(out["trials"]))
-        rest = deep_merge(rest, run_config_part(expand_steps(validate_overlay(overlay, path, steps), steps)))
-    return out, rest
+    if key.kind == "router":
+        params["per_group"] = cfg.per_group
+    if key.kind == "child":
+        params["group"] = key.group
+    return params, zenml_options(rc, step_ids(len(params["trials"])))
 
 
-def _options(rest: dict[str, Any], no_cache: bool, model: str = "", description: str = "") -> dict[str, Any]:
-    """with_options arguments: the YAML's run config, --no-cache, and the Model Control Plane model."""
-    options = dict(rest)
+def _options(zenml: dict[str, Any], no_cache: bool, key: ModelKey | None = None) -> dict[str, Any]:
+    """with_options arguments: the run config, --no-cache, and the Model Control Plane model."""
+    options = dict(zenml)
     if no_cache:
         options["enable_cache"] = False
-    if model:
+    if key is not None:
         from zenml import Model
 
-        options["model"] = Model(name=model, description=description)
+        options["model"] = Model(name=key.name, description=key.description())
     return options
 
 
-def run_parent(root: Path, config: str | None, no_cache: bool, shard_set_id: str | None = None) -> Any:
-    """Run the router pipeline on a shard set (default: the newest)."""
+def run_model(root: Path, key: ModelKey, config: str | None, no_cache: bool, dataset: Dataset) -> Any:
+    """Run the pipeline that trains `key` on a dataset; return the pipeline run."""
+    from pipelines.child import child_pipeline
+    from pipelines.flat import flat_pipeline
     from pipelines.parent import parent_pipeline
 
-    params, rest = model_parameters(root, "parent", config, cloud=active_cloud())
-    options = _options(rest, no_cache, "router", "Parent model: photo → plant group")
-    return parent_pipeline.with_options(**options)(shard_set_id=shard_set_id or latest_shard_set_id(), **params)
+    pipeline = {"router": parent_pipeline, "child": child_pipeline, "flat": flat_pipeline}[key.kind]
+    params, zenml = model_parameters(root, key, config, active_cloud())
+    return pipeline.with_options(**_options(zenml, no_cache, key))(shard_set_id=dataset.shard_set_id, **params)
 
 
-def run_flat(root: Path, config: str | None, no_cache: bool, shard_set_id: str | None = None) -> Any:
-    """Run the flat-classifier pipeline (the two-stage model's baseline) on a shard set (default: the newest)."""
-    from pipelines.flat import flat_pipeline
-
-    params, rest = model_parameters(root, "flat", config, cloud=active_cloud())
-    options = _options(rest, no_cache, "flat", "Flat baseline: photo → species, one model")
-    return flat_pipeline.with_options(**options)(shard_set_id=shard_set_id or latest_shard_set_id(), **params)
-
-
-def run_child(root: Path, group: str, config: str | None, no_cache: bool, shard_set_id: str | None = None) -> list:
-    """Run the child pipeline of `group` ('all': one run per group) on a shard set (default: the newest)."""
-    from pipelines.child import child_pipeline
-
-    shard_set_id = shard_set_id or latest_shard_set_id()
-    groups = known_groups(shard_set_id)
+def child_keys(group: str, dataset: Dataset) -> list[ModelKey]:
+    """The children `--group` names ('all': every group of the dataset)."""
     if group == "all":
-        targets = groups
-    elif group in groups:
-        targets = [group]
-    else:
-        raise FieldguideError(f"unknown group {group!r}; known groups: {', '.join(groups)}")
-    runs = []
-    for g in targets:
-        params, rest = model_parameters(root, "child", config, group=g, cloud=active_cloud())
-        options = _options(rest, no_cache, f"child-{g}", f"Child model: species of {g}")
-        runs.append(child_pipeline.with_options(**options)(shard_set_id=shard_set_id, group=g, **params))
-    return runs
+        return [ModelKey.child(g) for g in dataset.groups]
+    if group not in dataset.groups:
+        raise FieldguideError(f"unknown group {group!r}; known groups: {', '.join(dataset.groups)}")
+    return [ModelKey.child(group)]
 
 
 def run_pipeline(
-    root: Path, pipeline: str, *, group: str | None, config: str | None, catalog: str | None, no_cache: bool
-) -> None:
-    """Dispatch `--pipeline` to the pipeline runs it stands for; a failed run ends in one FieldguideError line."""
-    with pipeline_errors():
-        if pipeline == "deploy":
-            from pipelines.rollout import run_deploy
-
-            run_deploy(root, config)
-            return
-        _run_pipeline(root, pipeline, group=group, config=config, catalog=catalog, no_cache=no_cache)
-
-
-@contextlib.contextmanager
-def pipeline_errors() -> Iterator[None]:
-    """Turn ZenML's "Pipeline run has failed" into one FieldguideError line."""
-    try:
-        yield
-    except RuntimeError as exc:
-        if "Pipeline run has failed" not in str(exc):
-            raise
-        raise FieldguideError(f"{exc} (the step's log is above, and in the dashboard)") from None
-
-
-def _run_pipeline(
-    root: Path, pipeline: str, *, group: str | None, config: str | None, catalog: str | None, no_cache: bool
-) -> None:
+    root: Path,
+    pipeline: str,
+    *,
+    group: str | None,
+    config: str | None,
+    catalog: str | None,
+    no_cache: bool,
+    dataset: str | None = None,
+) -> dict[str, str]:
+    """Dispatch `--pipeline` to its runs; returns the model versions (name → id) they produced or matched."""
     from stacks import ensure_repository
 
     if pipeline == "child" and not group:
         raise FieldguideError("--pipeline child needs --group NAME (or --group all)")
     ensure_repository(root)
-    shard_set_id = None
-    if pipeline in ("data", "all"):
-        run = run_data(root, config if pipeline == "data" else None, catalog, no_cache)
-        summarise_run(run)
-        shard_set_id = output_id(run, "build_shards", "shard_set")
-    if pipeline in ("parent", "all"):
-        summarise_run(run_parent(root, config if pipeline == "parent" else None, no_cache, shard_set_id))
-    if pipeline in ("child", "all"):
-        for run in run_child(root, group or "all", config if pipeline == "child" else None, no_cache, shard_set_id):
+    with pipeline_errors():
+        if pipeline == "data":
+            if dataset:
+                raise FieldguideError("--pipeline data makes a dataset: give --catalog, not --dataset")
+            run = run_data(root, config, catalog, no_cache)
             summarise_run(run)
-    if pipeline == "flat" or (pipeline == "all" and release_parameters(root, None).compare_flat):
-        summarise_run(run_flat(root, config if pipeline == "flat" else None, no_cache, shard_set_id))
-    if pipeline == "all":
-        run_release_eval(root, None, shard_set_id)
+            from registry.datasets import shard_set_of_run
+
+            print(f"dataset {Dataset.of(shard_set_of_run(run)).version}", flush=True)
+            return {}
+        if pipeline == "all" and not dataset:
+            catalog = catalog or load_run_config(root, "data").params.catalog or None
+            if catalog is None:
+                raise FieldguideError(
+                    "--pipeline all needs --catalog PATH (or parameters.catalog in configs/data.yaml)"
+                )
+        ds = resolve_dataset(root, dataset, catalog, no_cache)
+        keys: list[ModelKey] = []
+        if pipeline in ("parent", "all"):
+            keys.append(ModelKey.router())
+        if pipeline in ("child", "all"):
+            keys += child_keys(group or "all", ds)
+        if pipeline == "flat" or (pipeline == "all" and release_config(root, None).compare_flat):
+            keys.append(ModelKey.flat())
+        produced = {}
+        for key in keys:
+            model_config = config if pipeline == key.pipeline else None
+            produced[key.name] = record_run(run_model(root, key, model_config, no_cache, ds))
+        if pipeline == "all":
+            flat = produced.pop(ModelKey.flat().name, "")
+            run_release_eval(root, None, ds, produced, flat)
+        return produced
 
 
-def release_parameters(root: Path, config: str | None) -> ReleaseConfig:
-    """The validated release config (configs/release.yaml)."""
-    params, _ = split_run_config(config_path(root, "release", config))
-    return from_dict(ReleaseConfig, params, "parameters")
+def release_config(root: Path, config: str | None) -> Any:
+    """The validated release-evaluation config (configs/release.yaml)."""
+    return load_run_config(root, "release", config).params
 
 
 def run_release_eval(
-    root: Path, config: str | None, shard_set_id: str | None = None, versions: dict[str, str] | None = None
+    root: Path, config: str | None, dataset: Dataset, versions: dict[str, str], flat_version: str = ""
 ) -> Any:
-    """Two-stage evaluation of a release (default: the latest version of the router and of every child)."""
-    from pipelines.release import release_eval_pipeline
-    from steps.registry import require_version
+    """Two-stage evaluation of the given model versions (name → id) on a dataset's test split; prints the table.
 
-    cfg = release_parameters(root, config)
-    shard_set_id = shard_set_id or latest_shard_set_id()
-    if versions is None:
-        names = ["router"] + [f"child-{g}" for g in known_groups(shard_set_id)]
-        versions = {name: str(require_version(name).id) for name in names}
-    flat = str(require_version("flat").id) if cfg.compare_flat else ""
-    run = release_eval_pipeline(shard_set_id=shard_set_id, versions=versions, ks=cfg.top_k, flat_version=flat)
+    Raises:
+        FieldguideError: naming the first model whose classes differ from the dataset's, before any run starts.
+    """
+    from zenml.client import Client
+
+    from fieldguide.evaluate.two_stage import check_classes
+    from pipelines.release import release_eval_pipeline
+    from registry.versions import get_version, load_model
+
+    bundles = {ModelKey.parse(name): load_model(get_version(vid)) for name, vid in versions.items()}
+    children = {key.group: bundle for key, bundle in bundles.items() if key.kind == "child"}
+    check_classes(bundles[ModelKey.router()], children, Client().get_artifact_version(dataset.shard_set_id).load())
+    cfg = release_config(root, config)
+    with pipeline_errors():
+        run = release_eval_pipeline(
+            shard_set_id=dataset.shard_set_id, versions=versions, ks=cfg.top_k, flat_version=flat_version
+        )
     table = output_artifact(run, "evaluate_release", "two_stage_evaluation").load()
     versions_used = ", ".join(f"{k} {v}" for k, v in table.versions.items())
-    print(f"run {run.name}: two-stage evaluation on {table.n} test images ({versions_used})")
+    print(f"run {run.name}: two-stage evaluation on {table.n} test images of {dataset.version} ({versions_used})")
     for name, value in table.rows():
         print(f"  {name:<42} {value:.3f}")
     return run
@@ -294,25 +278,35 @@ def output_id(run: Any, step: str, output: str) -> str:
     return str(output_artifact(run, step, output).id)
 
 
-def summarise_run(run: Any) -> None:
-    """Print one line per run: name, status, model version, key metrics and approval state."""
+def record_run(run: Any) -> str:
+    """Keep or drop a training run's model version, print one line; return the version id it produced or matched.
+
+    A cached rerun with identical weights registers a duplicate version: it is deleted and the earlier one it
+    repeats is returned instead.
+    """
     from zenml.client import Client
 
-    from steps.registry import drop_duplicate
+    from registry.versions import drop_duplicate_version, find_version
 
     run = Client().get_pipeline_run(run.id)
+    version = Client().get_model_version(model_version_name_or_number_or_id=run.model_version.id)
+    name, meta = version.model.name, version.run_metadata
+    same_as = drop_duplicate_version(version.id)
     line = f"run {run.name}: {run.status.value} ({len(run.steps)} steps)"
-    if "train_model" in run.steps and run.model_version is not None:
-        version = Client().get_model_version(model_version_name_or_number_or_id=run.model_version.id)
-        meta = version.run_metadata
-        label = f"{version.model.name} v{version.number}"
-        same_as = drop_duplicate(run)
-        if same_as:
-            line += f"; model unchanged (same weights as {version.model.name} {same_as}), no new version kept"
-        else:
-            approval = (meta.get("approval") or {}).get("state", "?")
-            line += f"; {label}: test_top1={meta.get('test_top1', 0):.3f} approval={approval}"
-    print(line, flush=True)
+    if same_as:
+        print(f"{line}; model unchanged (same weights as {name} {same_as}), no new version kept", flush=True)
+        return str(find_version(name, same_as).id)
+    approval = (meta.get("approval") or {}).get("state", "?")
+    print(f"{line}; {name} v{version.number}: test_top1={meta.get('test_top1', 0):.3f} approval={approval}", flush=True)
+    return str(version.id)
+
+
+def summarise_run(run: Any) -> None:
+    """Print one line for a pipeline run: name, status and step count."""
+    from zenml.client import Client
+
+    run = Client().get_pipeline_run(run.id)
+    print(f"run {run.name}: {run.status.value} ({len(run.steps)} steps)", flush=True)
 
 
 def dry_run(root: Path, pipeline: str, group: str | None, config: str | None, cloud: str = "sagemaker") -> list[str]:
@@ -320,28 +314,27 @@ def dry_run(root: Path, pipeline: str, group: str | None, config: str | None, cl
     import os
 
     from pipelines.data import STEPS
-    from stacks.overlays import expand_steps, load_overlay, overlay_path, plan
+    from stacks.overlays import plan
 
-    runs: list[tuple[str, str, list[str]]] = []
+    runs: list[tuple[str, str, list[str], dict[str, Any]]] = []
     if pipeline in ("data", "all"):
-        runs.append(("data", "fieldguide_data", STEPS))
-    for name, pipeline_name in (
-        ("parent", "fieldguide_parent"),
-        ("flat", "fieldguide_flat"),
-        ("child", "fieldguide_child"),
-    ):
+        rc = load_run_config(root, "data", config if pipeline == "data" else None, cloud=cloud)
+        runs.append(("data", "fieldguide_data", STEPS, zenml_options(rc, STEPS)))
+    for name in ("parent", "flat", "child"):
         if pipeline == name or (pipeline == "all" and name != "flat"):
-            params, _ = model_parameters(root, name, config if pipeline == name else None, group or "", cloud)
-            runs.append((name, pipeline_name, step_ids(len(params["trials"]))))
+            rc = load_run_config(root, name, config if pipeline == name else None, group=group or "", cloud=cloud)
+            steps = step_ids(rc.params.tuning.trials)
+            runs.append((name, f"fieldguide_{name}", steps, zenml_options(rc, steps)))
     if not runs:
         raise FieldguideError(f"--dry-run covers the data, parent, child, flat and all pipelines, not {pipeline!r}")
     registry = os.environ.get("FIELDGUIDE_ECR_REGISTRY") or "${FIELDGUIDE_ECR_REGISTRY}"
     lines = [f"dry run on the {cloud} stack (stacks/{cloud}.yaml); nothing was contacted"]
-    for name, pipeline_name, steps in runs:
-        overlay = expand_steps(load_overlay(overlay_path(root, name, cloud), steps), steps)
+    for name, pipeline_name, steps, zenml in runs:
         target = f" --group {group}" if name == "child" and group else ""
-        lines.append(f"{pipeline_name}{target} ({overlay_path(root, name, cloud).name}):")
-        for row in plan(overlay, steps, pipeline_name, registry):
+        lines.append(f"{pipeline_name}{target} (configs/{name}_{cloud}.yaml):")
+        rows = plan(zenml, steps, pipeline_name, registry)
+        for row in rows:
             lines.append(f"  {row['step']:<16} {row['instance_type']:<14} {row['job']:<15} {row['settings']}")
-        lines.append(f"  image: {row['image']}")
+        if rows:
+            lines.append(f"  image: {rows[-1]['image']}")
     return lines

@@ -14,19 +14,20 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from fieldguide.catalog import CatalogSnapshot
-from fieldguide.evaluation import Evaluation, render_report
-from fieldguide.manifest import Manifest
-from fieldguide.models import META, WEIGHTS, ModelBundle, load_bundle, save_bundle
-from fieldguide.plots import training_curves, trials_plot
-from fieldguide.qa import QAResult, ValidImages
-from fieldguide.reports import qa_html
-from fieldguide.serving import Release
-from fieldguide.shards import SPLITS, ShardSet
-from fieldguide.staging import StagingReport
-from fieldguide.trainer import TrainHistory
-from fieldguide.tuning import TrialResult, TuningSummary
-from fieldguide.twostage import TwoStageTable
+from fieldguide.data.catalog import CatalogSnapshot
+from fieldguide.data.manifest import Manifest
+from fieldguide.data.qa import QAResult, ValidImages
+from fieldguide.data.qa_report import qa_html
+from fieldguide.data.shards import SPLITS, ShardSet
+from fieldguide.evaluate.metrics import Evaluation
+from fieldguide.evaluate.plots import training_curves, trials_plot
+from fieldguide.evaluate.report import render_report
+from fieldguide.evaluate.two_stage import TwoStageTable
+from fieldguide.serve.release import Release
+from fieldguide.serve.staging import StagingReport
+from fieldguide.train.job import TrainHistory
+from fieldguide.train.models import META, WEIGHTS, ModelBundle, load_bundle, save_bundle
+from fieldguide.train.tuning import TrialResult, TuningSummary
 
 
 class JsonMaterializer(BaseMaterializer):
@@ -103,7 +104,7 @@ class QAResultMaterializer(JsonMaterializer):
 
     def save_visualizations(self, data: QAResult) -> dict[str, VisualizationType]:
         """The HTML QA report (reason counts, thumbnails of rejected rows)."""
-        from fieldguide.manifest import dataset_version_id
+        from fieldguide.data.manifest import dataset_version_id
 
         html = qa_html(data, dataset_version_id(data.valid, data.rules.version))
         return {self._write_text("qa_report.html", html): VisualizationType.HTML}

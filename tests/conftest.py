@@ -15,7 +15,7 @@ from uuid import UUID
 import pytest
 
 if TYPE_CHECKING:
-    from fieldguide.twostage import TwoStageTable
+    from fieldguide.evaluate.two_stage import TwoStageTable
 
 ROOT = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="fieldguide-tests-"))
@@ -73,27 +73,29 @@ def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None)
 @pytest.fixture(scope="session")
 def demo_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo catalog with every kind of planted bad row (3 groups x 3 species x 48 images, 64 px)."""
-    from fieldguide.demo import generate
+    from fieldguide.data.demo import generate
 
     out = tmp_path_factory.mktemp("demo")
     generate(out, ["succulents", "ferns", "flowers"], 3, 48, size=64, bad_fraction=0.08, seed=1, progress=False)
     return out / "catalog.csv"
 
 
-def deploy_config(path: Path, like: Path | None = None, **serving: object) -> Path:
+def deploy_config(path: Path, like: Path | None = None, settings: dict | None = None, **serving: object) -> Path:
     """Write a deploy config for tests: tests/configs/deploy_test.yaml (or `like`) on free production/staging ports.
 
-    A config written with `like` keeps its ports (the same production URL), with `serving` overrides.
+    A config written with `like` keeps its ports (the same production URL), with `settings` (deploy parameters)
+    and `serving` overrides.
     """
     import yaml
 
     from fieldguide.config import load_yaml
-    from fieldguide.deploy import free_port
+    from fieldguide.ports import free_port
 
     data = load_yaml(like or ROOT / "tests/configs/deploy_test.yaml")
     params = data["parameters"]
     if like is None:
         params["production_port"], params["staging_port"] = free_port(), free_port()
+    params.update(settings or {})
     params["serving"] = {**params.get("serving", {}), **serving}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -110,10 +112,21 @@ def shard_set_id(local_stack, demo_catalog):
 
 
 @pytest.fixture(scope="session")
-def child_run(shard_set_id):
-    from pipelines.runner import run_child
+def dataset(shard_set_id):
+    """The session's demo dataset (pipelines.runner.Dataset)."""
+    from zenml.client import Client
 
-    (run,) = run_child(ROOT, "succulents", str(CHILD_TINY), no_cache=False, shard_set_id=shard_set_id)
+    from pipelines.runner import Dataset
+
+    return Dataset.of(Client().get_artifact_version(shard_set_id))
+
+
+@pytest.fixture(scope="session")
+def child_run(dataset):
+    from fieldguide.keys import ModelKey
+    from pipelines.runner import run_model
+
+    run = run_model(ROOT, ModelKey.child("succulents"), str(CHILD_TINY), False, dataset)
     from zenml.client import Client
 
     return Client().get_pipeline_run(run.id)
@@ -154,10 +167,10 @@ def two_stage(versions: dict[str, str], shard_set_id: str, route_k: int = 2) -> 
     """The two-stage table of model versions (name → id) on a shard set's test split, in process."""
     from zenml.client import Client
 
-    from fieldguide.twostage import evaluate_release
-    from steps.evaluate.evaluate_release import load_version
+    from fieldguide.evaluate.two_stage import evaluate_release
+    from registry.versions import get_version, load_model
 
-    bundles = {name: load_version(vid)[1] for name, vid in versions.items()}
+    bundles = {name: load_model(get_version(vid)) for name, vid in versions.items()}
     children = {name.removeprefix("child-"): b for name, b in bundles.items() if name != "router"}
     return evaluate_release(bundles["router"], children, Client().get_artifact_version(shard_set_id).load(), (route_k,))
 
@@ -177,7 +190,7 @@ class Releases:
 
 
 @pytest.fixture(scope="session")
-def releases(shard_set_id) -> Releases:
+def releases(shard_set_id, dataset) -> Releases:
     """A router and one child per group trained with fixed seeds, plus copies of controlled quality.
 
     Built once per session and reused by every serving and rollout test; the accuracies every test relies on are
@@ -185,11 +198,14 @@ def releases(shard_set_id) -> Releases:
     """
     from zenml.client import Client
 
-    from fieldguide.staging import held_out_samples
-    from pipelines.runner import run_child, run_parent
+    from fieldguide.keys import release_members
+    from fieldguide.serve.staging import held_out_samples
+    from pipelines.runner import run_model
 
-    runs = [run_parent(ROOT, str(ROOT / "tests/configs/parent_serve.yaml"), False, shard_set_id=shard_set_id)]
-    runs += run_child(ROOT, "all", str(ROOT / "tests/configs/child_serve.yaml"), False, shard_set_id=shard_set_id)
+    runs = []
+    for key in release_members(dataset.groups):
+        config = ROOT / "tests/configs" / f"{key.pipeline}_serve.yaml"
+        runs.append(run_model(ROOT, key, str(config), False, dataset))
     good = {}
     for run in runs:
         version = Client().get_pipeline_run(run.id).model_version

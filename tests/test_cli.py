@@ -45,3 +45,26 @@ def test_empty_catalog_exit_2(tmp_path):
     res = run_cli("data", "qa", str(bad))
     assert res.returncode == 2
     assert "empty" in res.stderr
+
+
+def test_registry_cli_loads_neither_torch_nor_steps():
+    """Issue 12, acceptance 4: `python -X importtime run.py models` imports no torch, steps or pipelines."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / "run.py"), "models"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ),
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    modules = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "registry.versions" in modules
+    heavy = sorted(m for m in modules if m.split(".")[0] in ("torch", "torchvision", "timm", "steps", "pipelines"))
+    assert not heavy, heavy

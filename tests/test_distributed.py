@@ -2,9 +2,9 @@
 
 import pytest
 
-from fieldguide.shards import parent_view
-from fieldguide.trainer import train_on_view
-from fieldguide.training import TrainParams
+from fieldguide.data.shards import parent_view
+from fieldguide.train.fit import TrainParams
+from fieldguide.train.job import train_on_view
 
 # Two processes see the same images per step as one process with twice the batch; small data and seeds differ
 # in which images share a step, so the accuracies agree within this tolerance rather than exactly.
@@ -20,7 +20,7 @@ def shard_set(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(shard_set):
-    from fieldguide.distributed import train_distributed
+    from fieldguide.train.distributed import train_distributed
 
     view = parent_view(shard_set)
     base = {"arch": "mobilenetv3_small_050", "img_size": 48, "epochs": 8, "lr": 0.005, "workers": 0, "patience": 0}

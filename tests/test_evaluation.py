@@ -6,9 +6,10 @@ from uuid import UUID
 import numpy as np
 import pytest
 
-from fieldguide.evaluation import Evaluation, GateConfig, calibration, judge, top_k_accuracy
-from fieldguide.registry import ApprovalError, decide, initial_approval
-from fieldguide.twostage import combine
+from fieldguide.evaluate.gate import GateConfig, judge
+from fieldguide.evaluate.metrics import Evaluation, calibration, top_k_accuracy
+from fieldguide.evaluate.two_stage import combine
+from registry.approvals import ApprovalError, decide, initial_approval
 from tests.conftest import ROOT, run_cli
 
 
@@ -100,13 +101,14 @@ def test_evaluate_step_reports_gate_and_registers_pending(child_run):
     assert "confusion_matrix.png" in files and "reliability.png" in files
 
 
-def test_bad_model_fails_gate_and_needs_force(shard_set_id):
+def test_bad_model_fails_gate_and_needs_force(dataset):
     """Acceptance 3 and 4: gate failure recorded; approve needs --force; unknown model/version change nothing."""
     from zenml.client import Client
 
-    from pipelines.runner import run_child
+    from fieldguide.keys import ModelKey
+    from pipelines.runner import run_model
 
-    (run,) = run_child(ROOT, "ferns", str(ROOT / "tests/configs/child_bad.yaml"), False, shard_set_id=shard_set_id)
+    run = run_model(ROOT, ModelKey.child("ferns"), str(ROOT / "tests/configs/child_bad.yaml"), False, dataset)
     version = Client().get_model_version(model_version_name_or_number_or_id=run.model_version.id)
     meta = version.run_metadata
     assert not meta["gate"]["passed"] and meta["approval"]["state"] == "gate_failed"
@@ -123,7 +125,7 @@ def test_bad_model_fails_gate_and_needs_force(shard_set_id):
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: "), res.stderr
     assert approval()["state"] == "gate_failed"
-    res = run_cli("approve", "child-ferns", f"v{number}", "--by", "tester", "--force", "--note", "demo")
+    res = run_cli("approve", "child-ferns", f"v{number}", "--by", "tester", "--force", "--note", "demo", "--no-deploy")
     assert res.returncode == 0, res.stderr
     record = approval()
     assert record["state"] == "approved" and record["forced"] and record["by"] == "tester"

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fieldguide.catalog import CatalogRow, read_catalog
 from fieldguide.config import QARules
-from fieldguide.demo import BAD_KINDS
-from fieldguide.images import ImageLimits, load_rgb, open_checked, to_rgb
-from fieldguide.manifest import Manifest, dataset_version_id
-from fieldguide.qa import REASONS, run_qa
-from fieldguide.reports import qa_catalog, qa_html
+from fieldguide.data.catalog import CatalogRow, read_catalog
+from fieldguide.data.demo import BAD_KINDS
+from fieldguide.data.images import ImageLimits, load_rgb, open_checked, to_rgb
+from fieldguide.data.manifest import Manifest, dataset_version_id
+from fieldguide.data.qa import REASONS, run_qa
+from fieldguide.data.qa_report import qa_catalog, qa_html
 from tests.conftest import run_cli
 
 
@@ -239,7 +239,7 @@ def test_image_folder_catalog(tmp_path):
 
 def test_process_pool_matches_inline(demo_catalog):
     rows = list(read_catalog(str(demo_catalog)))
-    from fieldguide.catalog import default_taxonomy, load_taxonomy
+    from fieldguide.data.catalog import default_taxonomy, load_taxonomy
 
     tax = load_taxonomy(default_taxonomy(str(demo_catalog)))
     pooled = run_qa(rows, QARules(workers=2), tax, progress=False)

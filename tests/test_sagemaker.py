@@ -112,9 +112,10 @@ def test_pipelines_compile_for_the_sagemaker_stack(shard_set_id, demo_catalog, m
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
     from zenml.stack import Stack
 
+    from fieldguide.keys import ModelKey
     from pipelines.child import child_pipeline
     from pipelines.data import data_pipeline
-    from pipelines.runner import cloud_overlay, data_parameters, model_parameters
+    from pipelines.runner import data_parameters, model_parameters
     from stacks import register_stack
 
     for key, value in AWS_ENV.items():
@@ -123,10 +124,10 @@ def test_pipelines_compile_for_the_sagemaker_stack(shard_set_id, demo_catalog, m
     spec["components"]["experiment_tracker"]["configuration"]["tracking_token"] = "test-token"  # no secret store
     stack = Stack.from_model(Client().get_stack(register_stack(spec)))
 
-    params, rest = model_parameters(ROOT, "child", None, "succulents", "sagemaker")
-    assert params["experiment_tracker"] == "fieldguide-mlflow-server"
+    params, rest = model_parameters(ROOT, ModelKey.child("succulents"), None, "sagemaker")
+    assert params["experiment_tracker"] == "fieldguide-mlflow-server" and params["group"] == "succulents"
     pipeline = child_pipeline.with_options(**rest)
-    pipeline.prepare(shard_set_id=shard_set_id, group="succulents", **params)
+    pipeline.prepare(shard_set_id=shard_set_id, **params)
     # with_options keeps `steps` as run arguments, which ZenML applies at run time: the same here.
     run_config = PipelineRunConfiguration(steps=rest.get("steps", {}))
     snapshot = Compiler().compile(pipeline=pipeline, stack=stack, run_configuration=run_config)
@@ -139,11 +140,11 @@ def test_pipelines_compile_for_the_sagemaker_stack(shard_set_id, demo_catalog, m
     assert steps["report_drift"].config.settings[key].instance_type == "ml.m5.xlarge"  # the pipeline-level default
     assert snapshot.pipeline_configuration.settings["docker"].parent_image.startswith("pytorch/pytorch:")
 
-    data_params, data_rest = data_parameters(ROOT, None, str(demo_catalog))
-    overlay = cloud_overlay(ROOT, "data", "sagemaker", DATA_STEPS)
-    data = data_pipeline.with_options(**{**data_rest, **overlay})
+    data_params, data_rest = data_parameters(ROOT, None, str(demo_catalog), "sagemaker")
+    assert set(data_rest.get("steps", {})) <= set(DATA_STEPS)
+    data = data_pipeline.with_options(**data_rest)
     data.prepare(**data_params)
-    data_run_config = PipelineRunConfiguration(steps=overlay.get("steps", {}))
+    data_run_config = PipelineRunConfiguration(steps=data_rest.get("steps", {}))
     compiled = Compiler().compile(pipeline=data, stack=stack, run_configuration=data_run_config)
     assert compiled.step_configurations["ingest_catalog"].config.settings[key].instance_type == "ml.t3.medium"
     assert compiled.step_configurations["validate_images"].config.settings[key].instance_type == "ml.m5.2xlarge"

@@ -1,4 +1,4 @@
-"""fieldguide.serving without a server: release folders, two-stage answers, LRU children, request validation."""
+"""fieldguide.serve.predictor without a server: release folders, two-stage answers, LRU children, request validation."""
 
 import io
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fieldguide.models import ModelBundle, ModelMeta, create_model
-from fieldguide.serving import BadRequest, Release, ServingConfig, TwoStagePredictor, write_release
-from fieldguide.staging import png_header
+from fieldguide.serve.predictor import BadRequest, TwoStagePredictor, write_release
+from fieldguide.serve.release import Release, ServingConfig
+from fieldguide.serve.staging import png_header
+from fieldguide.train.models import ModelBundle, ModelMeta, create_model
 
 DATA_CONFIG = {
     "input_size": [3, 32, 32],

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from fieldguide.config import QARules, ShardConfig, SplitConfig
-from fieldguide.demo import make_species, render
-from fieldguide.loader import ShardDataset, iter_tar_samples, make_loader
-from fieldguide.manifest import Manifest
-from fieldguide.reports import qa_catalog
-from fieldguide.shards import SPLITS, build_shards, child_view, parent_view, split_of, view_count
+from fieldguide.data.demo import make_species, render
+from fieldguide.data.loader import ShardDataset, iter_tar_samples, make_loader
+from fieldguide.data.manifest import Manifest
+from fieldguide.data.qa_report import qa_catalog
+from fieldguide.data.shards import SPLITS, build_shards, child_view, parent_view, split_of, view_count
 
 
 def _to_tensor(img):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fieldguide.models import ModelBundle, ModelMeta, create_model, load_bundle, save_bundle
-from fieldguide.tuning import TrialResult, TuneConfig, TuningSummary, sample_trials
+from fieldguide.train.models import ModelBundle, ModelMeta, create_model, load_bundle, save_bundle
+from fieldguide.train.tuning import TrialResult, TuneConfig, TuningSummary, sample_trials
 from tests.conftest import CHILD_TINY, ROOT
 
 

@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from zenml import get_step_context, step
 
-from fieldguide.catalog import is_remote
 from fieldguide.config import ShardConfig, SplitConfig, from_dict
-from fieldguide.manifest import Manifest
-from fieldguide.shards import ShardSet
-from fieldguide.shards import build_shards as pack_shards
+from fieldguide.data.catalog import is_remote
+from fieldguide.data.manifest import Manifest
+from fieldguide.data.shards import ShardSet
+from fieldguide.data.shards import build_shards as pack_shards
 from steps.materializers import ShardSetMaterializer
 
 

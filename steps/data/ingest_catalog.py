@@ -4,7 +4,7 @@ from typing import Annotated
 
 from zenml import step
 
-from fieldguide.catalog import CatalogSnapshot, snapshot
+from fieldguide.data.catalog import CatalogSnapshot, snapshot
 from steps.materializers import CatalogSnapshotMaterializer
 
 

@@ -4,9 +4,9 @@ from typing import Annotated, Any
 
 from zenml import step
 
-from fieldguide.catalog import CatalogSnapshot
 from fieldguide.config import QARules, from_dict
-from fieldguide.qa import QAResult, ValidImages, run_qa
+from fieldguide.data.catalog import CatalogSnapshot
+from fieldguide.data.qa import QAResult, ValidImages, run_qa
 from steps.materializers import QAResultMaterializer, ValidImagesMaterializer
 
 

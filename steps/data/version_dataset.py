@@ -4,8 +4,8 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
-from fieldguide.manifest import Manifest
-from fieldguide.qa import QAResult, ValidImages
+from fieldguide.data.manifest import Manifest
+from fieldguide.data.qa import QAResult, ValidImages
 from steps.materializers import ManifestMaterializer
 
 

@@ -1,45 +1,50 @@
 """Step: assemble a candidate release from model versions, evaluate it two-stage, store it for BentoML."""
 
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from zenml import log_metadata, step
+from zenml import step
 
 from fieldguide.config import from_dict
-from fieldguide.deploy import save_release_model
-from fieldguide.serving import Release, ServingConfig
-from fieldguide.shards import ShardSet
-from fieldguide.twostage import evaluate_release
-from steps.evaluate.evaluate_release import load_version
+from fieldguide.data.shards import ShardSet
+from fieldguide.evaluate.two_stage import evaluate_release
+from fieldguide.keys import ModelKey, release_members
+from fieldguide.runconfig import DeployConfig
+from fieldguide.serve.predictor import save_release_model
+from fieldguide.serve.release import Release
+from registry.releases import record_release
+from registry.versions import get_version, load_model
 from steps.materializers import ReleaseMaterializer
 
 
 @step(enable_cache=False, output_materializers={"release": ReleaseMaterializer})
 def assemble_release(
-    shard_set: ShardSet, release_id: str, versions: dict[str, str], approved_by: str, serving: dict[str, Any]
+    shard_set: ShardSet, release_id: str, versions: dict[str, str], approved_by: str, deploy: dict[str, Any]
 ) -> Annotated[Release, "release"]:
     """Load the versions (model name → version id), measure the two-stage table, save fieldguide-release:<id>."""
-    loaded = {name: load_version(vid) for name, vid in versions.items()}
-    router = loaded["router"][1]
-    children = {g: loaded[f"child-{g}"][1] for g in router.meta.classes}
-    config = from_dict(ServingConfig, serving, "serving")
-    table = evaluate_release(router, children, shard_set, (config.route_k,))
+    config = from_dict(DeployConfig, deploy, "deploy").serving
+    loaded = {name: get_version(vid) for name, vid in versions.items()}
+    bundles = {name: load_model(version) for name, version in loaded.items()}
+    groups = list(bundles[ModelKey.router().name].meta.classes)
+    missing = [key.name for key in release_members(groups) if key.name not in bundles]
+    if missing:
+        raise ValueError(f"release {release_id} lacks {', '.join(missing)}")
+    children = {key.group: bundles[key.name] for key in release_members(groups) if key.kind == "child"}
+    table = evaluate_release(bundles[ModelKey.router().name], children, shard_set, (config.route_k,))
     release = Release(
         id=release_id,
-        versions={name: f"v{version.number}" for name, (version, _) in loaded.items()},
+        versions={name: f"v{version.number}" for name, version in loaded.items()},
         version_ids=dict(versions),
-        groups=list(router.meta.classes),
+        groups=groups,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         approved_by=approved_by,
-        status="candidate",
         serving=config,
         evaluation={name: value for name, value in table.rows()},
         dataset_version=shard_set.dataset_version,
     )
-    tag = save_release_model(release, {name: bundle for name, (_, bundle) in loaded.items()})
+    tag = save_release_model(release, bundles)
     print(f"release {release.id}: {release.versions}; BentoML model {tag}")
     for name, value in table.rows():
         print(f"  {name:<40} {value:.3f}")
-    log_metadata(metadata={"release": asdict(release)}, infer_model=True)
+    record_release(release)
     return release

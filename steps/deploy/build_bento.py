@@ -5,8 +5,8 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
-from fieldguide.deploy import build_bento as build
-from fieldguide.serving import Release
+from fieldguide.serve.release import Release
+from fieldguide.serve.servers import build_bento as build
 
 
 @step(enable_cache=False)

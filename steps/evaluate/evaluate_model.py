@@ -5,36 +5,24 @@ from typing import Annotated, Any
 
 import pandas as pd
 from zenml import step
-from zenml.client import Client
-from zenml.enums import ModelStages
 
 from fieldguide.config import from_dict
-from fieldguide.evaluation import (
+from fieldguide.data.shards import ShardSet
+from fieldguide.evaluate.gate import GateConfig, judge
+from fieldguide.evaluate.metrics import (
     Evaluation,
-    GateConfig,
     evaluate_predictions,
     feature_tables,
-    judge,
     measure_latency,
     predict,
-    render_report,
     weights_sha256,
 )
-from fieldguide.models import ModelBundle
-from fieldguide.shards import ShardSet
-from fieldguide.trainer import view_from_spec
+from fieldguide.evaluate.report import render_report
+from fieldguide.train.job import view_from_spec
+from fieldguide.train.models import ModelBundle
+from registry.versions import production_model
 from steps.materializers import EvaluationMaterializer
 from steps.tracking import log_bytes, log_metrics, run_id
-
-
-def production_model(name: str) -> tuple[ModelBundle | None, str]:
-    """The production version of a registry model and its version name, if there is one."""
-    try:
-        version = Client().get_model_version(name, ModelStages.PRODUCTION)
-    except KeyError:
-        return None, ""
-    artifact = version.get_model_artifact("model")
-    return (artifact.load(), f"v{version.number}") if artifact else (None, "")
 
 
 @step(enable_cache=False, output_materializers={"evaluation": EvaluationMaterializer})

@@ -5,16 +5,9 @@ from typing import Any
 from zenml import get_step_context, log_metadata, step
 from zenml.client import Client
 
-from fieldguide.evaluation import Evaluation
-from fieldguide.registry import initial_approval
-
-
-def same_weights_version(model_name: str, sha: str, current: int) -> str:
-    """The earlier version of the model with identical weights (a cached rerun), or ''."""
-    for version in Client().list_model_versions(model=model_name, size=1000, hydrate=True):
-        if version.number != current and version.run_metadata.get("weights_sha256") == sha:
-            return f"v{version.number}"
-    return ""
+from fieldguide.evaluate.metrics import Evaluation
+from registry.approvals import initial_approval
+from registry.versions import same_weights_version
 
 
 @step(enable_cache=False)

@@ -4,8 +4,8 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-from fieldguide.plots import trials_plot
-from fieldguide.tuning import TrialResult, TuningSummary
+from fieldguide.evaluate.plots import trials_plot
+from fieldguide.train.tuning import TrialResult, TuningSummary
 from steps.materializers import TuningSummaryMaterializer
 from steps.tracking import log_bytes, log_metrics
 

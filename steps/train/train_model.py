@@ -10,12 +10,13 @@ from zenml.client import Client
 from zenml.enums import ArtifactType
 
 from fieldguide.config import from_dict
-from fieldguide.models import ModelBundle
-from fieldguide.plots import training_curves
-from fieldguide.shards import ShardSet
-from fieldguide.trainer import TrainHistory, model_name, train_on_view, view_from_spec
-from fieldguide.training import TrainParams, checkpoint_file
-from fieldguide.tuning import apply_params
+from fieldguide.data.shards import ShardSet
+from fieldguide.evaluate.plots import training_curves
+from fieldguide.keys import ModelKey
+from fieldguide.train.fit import TrainParams, checkpoint_file
+from fieldguide.train.job import TrainHistory, train_on_view, view_from_spec
+from fieldguide.train.models import ModelBundle
+from fieldguide.train.tuning import apply_params
 from steps.materializers import ModelBundleMaterializer, TrainHistoryMaterializer
 from steps.tracking import log_bytes, log_metrics, log_params, run_id
 
@@ -41,7 +42,7 @@ def train_model(
 ]:
     """Train on the full train split with the tuned parameters; metrics per epoch go to MLflow."""
     params = apply_params(from_dict(TrainParams, train, "train"), best_params)
-    name = model_name(view)
+    name = ModelKey.from_view(view).name
     ckpt = checkpoint_file(checkpoint_root(checkpoint_dir), name, shard_set.dataset_version, params)
     print(f"checkpoints: {ckpt}")
     values = asdict(params)

@@ -5,10 +5,11 @@ from typing import Annotated, Any
 from zenml import step
 
 from fieldguide.config import from_dict
-from fieldguide.shards import ShardSet
-from fieldguide.trainer import model_name, train_on_view, view_from_spec
-from fieldguide.training import TrainParams
-from fieldguide.tuning import TrialResult, TuneConfig, apply_params
+from fieldguide.data.shards import ShardSet
+from fieldguide.keys import ModelKey
+from fieldguide.train.fit import TrainParams
+from fieldguide.train.job import train_on_view, view_from_spec
+from fieldguide.train.tuning import TrialResult, TuneConfig, apply_params
 from steps.materializers import TrialResultMaterializer
 from steps.tracking import log_metrics, log_params
 
@@ -30,7 +31,7 @@ def tune_trial(
         shard_set,
         view_from_spec(shard_set, view),
         params,
-        model_name(view),
+        ModelKey.from_view(view).name,
         train_subset=cfg.train_subset,
         val_subset=cfg.val_subset,
         on_epoch=lambda epoch, metrics: log_metrics(metrics, step=epoch),

@@ -16,12 +16,14 @@ import httpx
 import numpy as np
 from sklearn.metrics import f1_score
 
-from fieldguide.deploy import DeployConfig
-from fieldguide.loader import iter_tar_samples
-from fieldguide.models import load_bundle
-from fieldguide.serving import Release, TwoStagePredictor
-from fieldguide.shards import ShardSet
-from fieldguide.twostage import evaluate_release
+from fieldguide.data.loader import iter_tar_samples
+from fieldguide.data.shards import ShardSet
+from fieldguide.evaluate.two_stage import evaluate_release
+from fieldguide.keys import ModelKey
+from fieldguide.runconfig import DeployConfig
+from fieldguide.serve.predictor import TwoStagePredictor
+from fieldguide.serve.release import Release
+from fieldguide.train.models import load_bundle
 
 
 @dataclass
@@ -78,8 +80,8 @@ def production_reference(production: Release, folder: Path, shard_set: ShardSet)
     recorded = production.end_to_end_accuracy()
     if production.dataset_version == shard_set.dataset_version and recorded is not None:
         return production.id, recorded
-    router = load_bundle(folder / "router")
-    children = {g: load_bundle(folder / f"child-{g}") for g in router.meta.classes}
+    router = load_bundle(folder / ModelKey.router().name)
+    children = {g: load_bundle(folder / ModelKey.child(g).name) for g in router.meta.classes}
     k = min(production.serving.route_k, len(children))
     table = evaluate_release(router, children, shard_set, (k,), strict=False)
     print(f"production {production.id} evaluated in process on dataset {shard_set.dataset_version[:12]}")
@@ -159,7 +161,7 @@ def served_sanity(served: list[Served], config: DeployConfig) -> Check:
     for s in served:
         routed.setdefault(s.served_group, []).append(s)
     degenerate = [
-        f"child-{group} answered {rows[0].served_top1!r} for all {len(rows)} images routed to it "
+        f"{ModelKey.child(group)} answered {rows[0].served_top1!r} for all {len(rows)} images routed to it "
         f"({len({r.label for r in rows})} true species among them)"
         for group, rows in sorted(routed.items())
         if group

@@ -15,8 +15,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fieldguide.images import load_rgb
-from fieldguide.shards import ClassMaps, ShardSet, View, unit_hash
+from fieldguide.data.images import load_rgb
+from fieldguide.data.shards import ClassMaps, ShardSet, View, unit_hash
 
 
 def iter_tar_samples(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:

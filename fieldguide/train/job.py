@@ -9,13 +9,18 @@ from typing import Any
 
 import torch
 
-from fieldguide.errors import FieldguideError
-from fieldguide.evaluation import GateConfig
-from fieldguide.loader import ShardDataset, make_loader
-from fieldguide.models import ModelBundle, ModelMeta, create_model, data_config_for, eval_transform, train_transform
-from fieldguide.shards import ShardSet, View, child_view, flat_view, parent_view
-from fieldguide.training import FitResult, TrainParams, fit
-from fieldguide.tuning import TuneConfig
+from fieldguide.data.loader import ShardDataset, make_loader
+from fieldguide.data.shards import ShardSet, View, child_view, flat_view, parent_view
+from fieldguide.keys import ModelKey
+from fieldguide.train.fit import FitResult, TrainParams, fit
+from fieldguide.train.models import (
+    ModelBundle,
+    ModelMeta,
+    create_model,
+    data_config_for,
+    eval_transform,
+    train_transform,
+)
 
 
 @dataclass
@@ -30,20 +35,13 @@ class TrainHistory:
 
 
 def view_from_spec(shard_set: ShardSet, spec: dict[str, Any]) -> View:
-    """Build a view from a JSON spec: {"kind": "parent", "per_group": N} | {"kind": "child", "group": G} | flat."""
-    kind = spec.get("kind")
-    if kind == "parent":
+    """Build a view from a JSON spec (fieldguide.keys.ModelKey.view): parent, child or flat."""
+    key = ModelKey.from_view(spec)
+    if key.kind == "router":
         return parent_view(shard_set, spec.get("per_group") or None)
-    if kind == "child":
-        return child_view(shard_set, spec["group"])
-    if kind == "flat":
-        return flat_view(shard_set)
-    raise FieldguideError(f"unknown view kind {kind!r} (parent, child or flat)")
-
-
-def model_name(spec: dict[str, Any]) -> str:
-    """Registry name of the model trained on a view: router, child-<group> or flat."""
-    return {"parent": "router", "flat": "flat"}.get(spec["kind"]) or f"child-{spec['group']}"
+    if key.kind == "child":
+        return child_view(shard_set, key.group)
+    return flat_view(shard_set)
 
 
 def train_on_view(
@@ -64,10 +62,10 @@ def train_on_view(
 ) -> tuple[ModelBundle, FitResult]:
     """Create the timm model for `view`, train it on the train split and select it on the val split.
 
-    With `params.gpus` > 1 (and no `wrap` yet) the work goes to fieldguide.distributed, one process per GPU.
+    With `params.gpus` > 1 (and no `wrap` yet) the work goes to fieldguide.train.distributed, one process per GPU.
     """
     if params.gpus > 1 and wrap is None:
-        from fieldguide.distributed import train_distributed
+        from fieldguide.train.distributed import train_distributed
 
         return train_distributed(
             shard_set, view, params, name, world_size=params.gpus, backend="nccl",
@@ -112,31 +110,3 @@ def train_on_view(
         metrics={"val_acc": result.best_val_acc, "best_epoch": float(result.best_epoch)},
     )
     return ModelBundle(model.cpu().eval(), meta), result
-
-
-@dataclass
-class ModelPipelineConfig:
-    """Parameters of the parent and child pipelines (configs/parent.yaml, configs/child.yaml)."""
-
-    # Parent only: about this many training images per group per epoch (group-balanced sampling); 0 keeps all.
-    per_group: int = 0
-    # Name of the stack's MLflow experiment tracker; empty disables MLflow logging.
-    experiment_tracker: str = "fieldguide-mlflow"
-    # Where epoch checkpoints go; empty means <local artifact store>/checkpoints.
-    checkpoint_dir: str = ""
-    # Hyperparameter search.
-    tuning: TuneConfig = field(default_factory=TuneConfig)
-    # Base training parameters (tuned values override them).
-    train: TrainParams = field(default_factory=TrainParams)
-    # Quality gate a trained version must pass to be eligible for approval.
-    gate: GateConfig = field(default_factory=GateConfig)
-
-
-@dataclass
-class ReleaseConfig:
-    """Parameters of the two-stage release evaluation (configs/release.yaml)."""
-
-    # Routing depths reported: p(species) sums over the top-k groups (k=1 is plain routing).
-    top_k: list[int] = field(default_factory=lambda: [1, 2, 3])
-    # Also train a flat classifier on all species (same backbone) and report it beside the two-stage model.
-    compare_flat: bool = False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,57 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fieldguide.data.images import ImageLimits, ImageRejected, open_checked
 from fieldguide.errors import FieldguideError
-from fieldguide.images import ImageLimits, ImageRejected, open_checked
-from fieldguide.models import META, ModelBundle, eval_transform, load_bundle, save_bundle
-from fieldguide.twostage import combine
-
-RELEASE_FILE = "release.json"
-
-
-@dataclass
-class ServingConfig:
-    """How a release is served (travels inside the release, so staging and production behave the same)."""
-
-    # Species returned per request.
-    top_k: int = 5
-    # Groups summed over: p(species) = Σ over the top route_k groups of p(group)·p(species | group).
-    route_k: int = 2
-    # Upload size limit; larger bodies get 413.
-    max_bytes: int = 8_000_000
-    # Decompression-bomb guard: images with more pixels get 413.
-    max_pixels: int = 40_000_000
-    # Image formats accepted (Pillow names); others get 415.
-    allowed_formats: list[str] = field(default_factory=lambda: ["JPEG", "PNG", "WEBP"])
-    # Adaptive batching of model forwards across concurrent requests (sizes: bentos/service.py's decorator).
-    batching: bool = True
-    # Children kept in memory at once (least recently used evicted); 0 keeps every child loaded.
-    max_children_in_memory: int = 0
-
-
-@dataclass
-class Release:
-    """A deployable two-stage classifier: one router version plus one child version per group."""
-
-    id: str
-    versions: dict[str, str]  # model name (router, child-<group>) → version ("v3")
-    version_ids: dict[str, str]  # model name → ZenML model version id
-    groups: list[str]
-    created: str
-    approved_by: str = ""
-    status: str = "candidate"  # candidate, staging, production, failed, archived
-    serving: ServingConfig = field(default_factory=ServingConfig)
-    evaluation: dict[str, float] = field(default_factory=dict)  # the two-stage table of this release
-    dataset_version: str = ""  # the dataset whose test split `evaluation` was measured on
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Release:
-        """Inverse of dataclasses.asdict."""
-        return cls(**{**data, "serving": ServingConfig(**data.get("serving", {}))})
-
-    def end_to_end_accuracy(self) -> float | None:
-        """The two-stage end-to-end accuracy recorded at assembly (at the served routing k)."""
-        return next((v for k, v in self.evaluation.items() if k.startswith("end-to-end")), None)
+from fieldguide.evaluate.two_stage import combine
+from fieldguide.keys import ModelKey
+from fieldguide.serve.release import RELEASE_FILE, RELEASE_MODEL, Release, read_release
+from fieldguide.train.models import META, ModelBundle, eval_transform, load_bundle, save_bundle
 
 
 def write_release(release: Release, bundles: dict[str, ModelBundle], folder: Path) -> Path:
@@ -78,12 +33,15 @@ def write_release(release: Release, bundles: dict[str, ModelBundle], folder: Pat
     return folder
 
 
-def read_release(folder: Path) -> Release:
-    """The release.json of a release folder."""
-    path = folder / RELEASE_FILE
-    if not path.is_file():
-        raise FieldguideError(f"no {RELEASE_FILE} in {folder}: not a fieldguide release")
-    return Release.from_dict(json.loads(path.read_text()))
+def save_release_model(release: Release, bundles: dict[str, ModelBundle]) -> str:
+    """Store the release in BentoML's model store as fieldguide-release:<release id>; return the tag."""
+    import bentoml
+
+    with bentoml.models.create(
+        f"{RELEASE_MODEL}:{release.id}", labels={"release": release.id}, metadata={"versions": release.versions}
+    ) as model:
+        write_release(release, bundles, Path(model.path))
+    return str(model.tag)
 
 
 class BadRequest(Exception):
@@ -110,19 +68,19 @@ class TwoStagePredictor:
         self.folder = folder
         self.release = read_release(folder)
         self.config = self.release.serving
-        router_meta = json.loads((folder / "router" / META).read_text())
+        router_meta = json.loads((folder / ModelKey.router().name / META).read_text())
         self.groups: list[str] = list(router_meta["classes"])
         self.transform = eval_transform(router_meta["data_config"])
         self.species: list[str] = []
         self.species_of: dict[int, list[int]] = {}
         for g, group in enumerate(self.groups):
-            meta = json.loads((folder / f"child-{group}" / META).read_text())
+            meta = json.loads((folder / ModelKey.child(group).name / META).read_text())
             if meta["data_config"] != router_meta["data_config"]:
-                raise FieldguideError(f"child-{group} was trained with another input size than the router")
+                raise FieldguideError(f"{ModelKey.child(group)} was trained with another input size than the router")
             self.species_of[g] = list(range(len(self.species), len(self.species) + len(meta["classes"])))
             self.species += meta["classes"]
         self._children: OrderedDict[str, ModelBundle] = OrderedDict()
-        self.router = load_bundle(folder / "router") if load_models else None
+        self.router = load_bundle(folder / ModelKey.router().name) if load_models else None
         if load_models and not self.config.max_children_in_memory:
             for group in self.groups:
                 self._child(group)
@@ -132,7 +90,7 @@ class TwoStagePredictor:
         if group in self._children:
             self._children.move_to_end(group)
             return self._children[group]
-        bundle = load_bundle(self.folder / f"child-{group}")
+        bundle = load_bundle(self.folder / ModelKey.child(group).name)
         self._children[group] = bundle
         cap = self.config.max_children_in_memory
         while cap and len(self._children) > cap:

@@ -1,6 +1,6 @@
 """Serving environments on this machine: release → BentoML model → bento → staging/production servers.
 
-Production is the gateway's fixed port (fieldguide.gateway) in front of a `bentoml serve` process; staging is a
+Production is the gateway's fixed port (fieldguide.serve.gateway) in front of a `bentoml serve` process; staging is a
 `bentoml serve` process on its own port. Pids, ports and releases are kept in `<state dir>/state.json`.
 """
 
@@ -10,51 +10,18 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from fieldguide.errors import FieldguideError
-from fieldguide.gateway import write_upstream
-from fieldguide.models import ModelBundle
-from fieldguide.serving import Release, write_release
-
-RELEASE_MODEL = "fieldguide-release"
-BENTO_NAME = "fieldguide"
-
-
-@dataclass
-class DeployConfig:
-    """Ports, budgets and sample sizes of the rollout (configs/deploy.yaml)."""
-
-    # The production URL's port (the gateway); stays the same across releases.
-    production_port: int = 3000
-    # The staging server's port.
-    staging_port: int = 3001
-    # Seconds a new server may take to become ready.
-    start_timeout_s: float = 180.0
-    # Held-out test images sent to staging (serving correctness and served sanity are judged on them).
-    accuracy_sample: int = 200
-    # An in-process top-1 ahead of the runner-up by less than this may flip when served (a near tie).
-    near_tie: float = 0.02
-    # A release may evaluate at most this far below production's end-to-end accuracy on the same test split.
-    release_max_drop: float = 0.02
-    # Served answers on the held-out images must reach this macro-F1 (catches a release that is broken outright).
-    min_served_macro_f1: float = 0.3
-    # A child answering one species for at least this many routed images of two or more species is degenerate.
-    degenerate_min_images: int = 10
-    # Requests timed one after another for the latency check.
-    latency_requests: int = 30
-    # p95 latency budget of one /classify request on staging, milliseconds.
-    p95_budget_ms: float = 1000.0
-    # Serving settings written into each release (fieldguide.serving.ServingConfig fields).
-    serving: dict[str, Any] = field(default_factory=dict)
+from fieldguide.ports import port_in_use
+from fieldguide.serve.gateway import write_upstream
+from fieldguide.serve.release import BENTO_NAME, RELEASE_MODEL
 
 
 @dataclass
@@ -80,7 +47,6 @@ class ServingState:
     production: Server | None = None  # the backend the gateway forwards to
     staging: Server | None = None
     gateway: Server | None = None
-    history: list[dict[str, str]] = field(default_factory=list)  # promoted releases, oldest first: id, bento
 
     @classmethod
     def load(cls, folder: Path) -> ServingState:
@@ -89,10 +55,7 @@ class ServingState:
         if not path.is_file():
             return cls()
         data = json.loads(path.read_text())
-        return cls(
-            **{k: Server(**data[k]) if data.get(k) else None for k in ("production", "staging", "gateway")},
-            history=data.get("history", []),
-        )
+        return cls(**{k: Server(**data[k]) if data.get(k) else None for k in ("production", "staging", "gateway")})
 
     def save(self, folder: Path) -> None:
         """Write state.json atomically."""
@@ -105,17 +68,6 @@ class ServingState:
 def bentoml_bin() -> str:
     """The bentoml executable of this interpreter's environment."""
     return str(Path(sys.executable).parent / "bentoml")
-
-
-def save_release_model(release: Release, bundles: dict[str, ModelBundle]) -> str:
-    """Store the release in BentoML's model store as fieldguide-release:<release id>; return the tag."""
-    import bentoml
-
-    with bentoml.models.create(
-        f"{RELEASE_MODEL}:{release.id}", labels={"release": release.id}, metadata={"versions": release.versions}
-    ) as model:
-        write_release(release, bundles, Path(model.path))
-    return str(model.tag)
 
 
 def release_folder(release_id: str) -> Path:
@@ -141,19 +93,6 @@ def build_bento(root: Path, release_id: str) -> str:
     return tag
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_in_use(port: int) -> bool:
-    """Whether something listens on a loopback port."""
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def alive(pid: int) -> bool:
     """Whether a process exists."""
     try:
@@ -164,12 +103,19 @@ def alive(pid: int) -> bool:
 
 
 def start_bento(bento: str, release_id: str, port: int, log_dir: Path, timeout_s: float) -> Server:
-    """Start `bentoml serve BENTO` in its own session on `port` and wait until /readyz answers 200."""
+    """Start `bentoml serve BENTO` in its own session on `port` and wait until /readyz answers 200.
+
+    The server reads its release's stage from the serving folder (`log_dir`'s parent) for its /release answer.
+    """
     if port_in_use(port):
         raise FieldguideError(f"port {port} is already in use; stop what runs there (`python run.py stop`)")
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{release_id}-{port}.log"
-    env = {**os.environ, "FIELDGUIDE_RELEASE": f"{RELEASE_MODEL}:{release_id}"}
+    env = {
+        **os.environ,
+        "FIELDGUIDE_RELEASE": f"{RELEASE_MODEL}:{release_id}",
+        "FIELDGUIDE_SERVING_DIR": str(log_dir.parent),
+    }
     cmd = [bentoml_bin(), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -188,8 +134,8 @@ def start_gateway(port: int, upstream_file: Path, log_dir: Path) -> Server:
         raise FieldguideError(f"port {port} is already in use; stop what runs there (`python run.py stop`)")
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"gateway-{port}.log"
-    cmd = [sys.executable, "-m", "fieldguide.gateway", "--port", str(port), "--upstream-file", str(upstream_file)]
-    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "fieldguide.serve.gateway", "--port", str(port), "--upstream-file", str(upstream_file)]
+    root = Path(__file__).resolve().parents[2]
     with log.open("ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
     server = Server(proc.pid, port, log=str(log))
@@ -213,20 +159,53 @@ def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen | None = None)
 
 
 def stop(server: Server | None, grace_s: float = 20.0) -> None:
-    """Stop a server's whole process group: SIGTERM, then SIGKILL after `grace_s`."""
-    if server is None or not alive(server.pid):
+    """Stop a server: SIGTERM to its process group, then SIGKILL after `grace_s`.
+
+    Its worker processes (BentoML starts them in their own process groups) and anything still listening on its
+    port after that (workers that outlived a parent that died) are killed too, so a stopped or crashed server
+    never keeps holding its port.
+    """
+    if server is None:
         return
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and alive(server.pid):
-        _reap(server.pid)
-        time.sleep(0.2)
+    tree = process_tree(server.pid)
     if alive(server.pid):
-        os.killpg(server.pid, signal.SIGKILL)
-        _reap(server.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and alive(server.pid):
+            _reap(server.pid)
+            time.sleep(0.2)
+        if alive(server.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            _reap(server.pid)
+    for pid in [*tree, *listeners(server.port)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+
+
+def process_tree(pid: int) -> list[int]:
+    """The live descendants of a process."""
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def listeners(port: int) -> list[int]:
+    """Processes (other than this one) listening on a loopback TCP port."""
+    import psutil
+
+    pids = set()
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                pids.add(conn.pid)
+    pids.discard(os.getpid())
+    return sorted(pids)
 
 
 def _reap(pid: int) -> None:
@@ -248,13 +227,13 @@ def health(server: Server | None, path: str = "/readyz") -> str:
 
 
 def switch_production(
-    state: ServingState, folder: Path, new: Server, config: DeployConfig, drain_s: float = 30
+    state: ServingState, folder: Path, new: Server, production_port: int, drain_s: float = 30
 ) -> None:
     """Blue/green: gateway (started if needed) → `new`, then the old backend stops once drained."""
     upstream_file = folder / "upstream.json"
     write_upstream(upstream_file, new.url, new.release)
     if state.gateway is None or not alive(state.gateway.pid):
-        state.gateway = start_gateway(config.production_port, upstream_file, folder / "logs")
+        state.gateway = start_gateway(production_port, upstream_file, folder / "logs")
     state.gateway.release = new.release
     old = state.production
     deadline = time.monotonic() + drain_s
@@ -264,7 +243,41 @@ def switch_production(
             break
         time.sleep(0.1)
     state.production = new
-    state.history.append({"release": new.release, "bento": new.bento})
     state.save(folder)
     if old is not None and old.pid != new.pid:
         stop(old)
+
+
+def status_rows(folder: Path) -> list[dict[str, str]]:
+    """Staging, production (gateway + backend) with release, port, pid and health."""
+    state = ServingState.load(folder)
+    rows = []
+    for role, server, path in (
+        ("production (gateway)", state.gateway, "/_gateway"),
+        ("production (backend)", state.production, "/readyz"),
+        ("staging", state.staging, "/readyz"),
+    ):
+        rows.append(
+            {
+                "role": role,
+                "release": server.release if server else "",
+                "url": server.url if server else "",
+                "pid": str(server.pid) if server else "",
+                "health": health(server, path),
+            }
+        )
+    return rows
+
+
+def stop_all(folder: Path) -> list[str]:
+    """Stop every server recorded in `folder`; return what was stopped."""
+    state = ServingState.load(folder)
+    stopped = []
+    for role in ("gateway", "production", "staging"):
+        server = getattr(state, role)
+        if server is not None:
+            stop(server)
+            stopped.append(f"{role} (pid {server.pid}, port {server.port})")
+            setattr(state, role, None)
+    state.save(folder)
+    return stopped

@@ -12,9 +12,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fieldguide.catalog import CatalogRow, read_bytes
 from fieldguide.config import QARules
-from fieldguide.images import ImageLimits, ImageRejected, open_checked
+from fieldguide.data.catalog import CatalogRow, read_bytes
+from fieldguide.data.images import ImageLimits, ImageRejected, open_checked
 
 # Every reason code QA can give, in the order the checks run.
 REASONS: dict[str, str] = {

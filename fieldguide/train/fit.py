@@ -67,7 +67,7 @@ class TrainParams:
     amp: bool = True
     # CPU threads for torch (0: all cores).
     threads: int = 0
-    # GPUs to train on: above 1, one DistributedDataParallel process per GPU (fieldguide.distributed).
+    # GPUs to train on: above 1, one DistributedDataParallel process per GPU (fieldguide.train.distributed).
     gpus: int = 0
 
 

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fieldguide.catalog import read_bytes
+from fieldguide.data.catalog import read_bytes
+from fieldguide.data.qa import QAResult, ValidImage
 from fieldguide.errors import FieldguideError
-from fieldguide.qa import QAResult, ValidImage
 
 SCHEMA = 1
 

@@ -19,11 +19,11 @@ from typing import Any
 import webdataset as wds
 from tqdm import tqdm
 
-from fieldguide.catalog import read_bytes
 from fieldguide.config import ShardConfig, SplitConfig
+from fieldguide.data.catalog import read_bytes
+from fieldguide.data.images import encode_jpeg, load_rgb, resize_shorter
+from fieldguide.data.manifest import Manifest
 from fieldguide.errors import FieldguideError
-from fieldguide.images import encode_jpeg, load_rgb, resize_shorter
-from fieldguide.manifest import Manifest
 
 SPLITS = ("train", "val", "test")
 WHOLE = "whole"

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fieldguide.data.loader import ShardDataset, make_loader
+from fieldguide.data.shards import ShardSet, flat_view
 from fieldguide.errors import FieldguideError
-from fieldguide.evaluation import top_k_accuracy
-from fieldguide.loader import ShardDataset, make_loader
-from fieldguide.models import ModelBundle, eval_transform
-from fieldguide.shards import ShardSet, flat_view
+from fieldguide.evaluate.metrics import top_k_accuracy
+from fieldguide.train.models import ModelBundle, eval_transform
 
 
 def combine(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import html
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -17,9 +15,9 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm import tqdm
 
-from fieldguide.loader import ShardDataset
-from fieldguide.models import ModelBundle, eval_transform
-from fieldguide.shards import ShardSet, View
+from fieldguide.data.loader import ShardDataset
+from fieldguide.data.shards import ShardSet, View
+from fieldguide.train.models import ModelBundle, eval_transform
 
 IMAGE_FEATURES = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b", "width", "height", "aspect")
 
@@ -224,89 +222,6 @@ def evaluate_predictions(
     )
 
 
-@dataclass
-class GateConfig:
-    """The quality gate a model version must pass to be eligible for approval."""
-
-    # Minimum top-1 accuracy on the test split.
-    min_top1: float = 0.0
-    # Minimum macro-F1 on the test split (catches a model that ignores rare classes).
-    min_macro_f1: float = 0.0
-    # Maximum expected calibration error (served probabilities must mean something).
-    max_ece: float = 1.0
-    # Allowed top-1 drop against the production version of the same model on the same split.
-    max_drop: float = 0.02
-
-
-@dataclass
-class GateResult:
-    """Outcome of the quality gate, recorded with the model version."""
-
-    passed: bool
-    reasons: list[str]
-    production_version: str = ""
-    production_top1: float | None = None
-
-
-def judge(
-    ev: Evaluation, cfg: GateConfig, production: Evaluation | None = None, production_version: str = ""
-) -> GateResult:
-    """Apply the gate: configured minima, then "not worse than production by more than max_drop"."""
-    m, reasons = ev.metrics, []
-    if m["top1"] < cfg.min_top1:
-        reasons.append(f"top1 {m['top1']:.3f} < min_top1 {cfg.min_top1:.3f}")
-    if m["macro_f1"] < cfg.min_macro_f1:
-        reasons.append(f"macro_f1 {m['macro_f1']:.3f} < min_macro_f1 {cfg.min_macro_f1:.3f}")
-    if m["ece"] > cfg.max_ece:
-        reasons.append(f"ece {m['ece']:.3f} > max_ece {cfg.max_ece:.3f}")
-    prod_top1 = None
-    if production is not None:
-        prod_top1 = production.metrics["top1"]
-        if m["top1"] < prod_top1 - cfg.max_drop:
-            reasons.append(
-                f"top1 {m['top1']:.3f} is more than {cfg.max_drop:.3f} below production {production_version} "
-                f"({prod_top1:.3f}) on the same test split"
-            )
-    return GateResult(not reasons, reasons, production_version, prod_top1)
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def report_html(ev: Evaluation, images: dict[str, str]) -> str:
-    """The evaluation report as one HTML page; `images` maps captions to base64 PNGs."""
-    gate = ev.gate
-    verdict = ""
-    if gate:
-        reasons = "<br>".join(map(html.escape, gate.get("reasons", [])))
-        verdict = (
-            "<p class='pass'>Quality gate: passed</p>"
-            if gate["passed"]
-            else f"<p class='fail'>Quality gate: FAILED<br>{reasons}</p>"
-        )
-    plots = "".join(
-        f"<figure><img src='data:image/png;base64,{data}'><figcaption>{html.escape(cap)}</figcaption></figure>"
-        for cap, data in images.items()
-    )
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(ev.model_name)} evaluation</title>
-<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin:.5em 0}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}.pass{{color:#070}}.fail{{color:#b00}}
-figure{{display:inline-block;margin:0 1em}}img{{max-width:520px}}</style></head><body>
-<h1>{html.escape(ev.model_name)}: evaluation on the {html.escape(ev.split)} split</h1>
-<p>dataset version {html.escape(ev.dataset_version)} · {ev.n} images · {len(ev.classes)} classes ·
-weights sha256 {html.escape(ev.weights_sha256[:16])}</p>{verdict}
-<h2>Metrics</h2>{_table(["metric", "value"], [[k, v] for k, v in ev.metrics.items()])}
-<h2>Per class</h2>{_table(["class", "precision", "recall", "f1", "support"], [list(r.values()) for r in ev.per_class])}
-<h2>Most confused pairs</h2>{_table(["true", "predicted", "count"], [list(p.values()) for p in ev.confused_pairs])}
-<h2>Plots</h2>{plots}</body></html>"""
-
-
 def feature_tables(
     reference: Predictions, current: Predictions, classes: list[str], components: int = 4
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -332,16 +247,3 @@ def feature_tables(
         return df
 
     return table(reference), table(current)
-
-
-def render_report(ev: Evaluation) -> tuple[str, dict[str, bytes]]:
-    """The HTML report and its plots (confusion matrix, reliability diagram) as PNG files by name."""
-    from fieldguide.plots import confusion_plot, reliability_plot
-
-    pngs = {
-        "confusion_matrix.png": confusion_plot(ev.confusion, ev.classes, f"{ev.model_name}: confusion matrix"),
-        "reliability.png": reliability_plot(ev.reliability, ev.metrics["ece"], f"{ev.model_name}: reliability"),
-    }
-    captions = {"confusion_matrix.png": "Confusion matrix", "reliability.png": "Reliability diagram"}
-    images = {captions[name]: base64.b64encode(data).decode() for name, data in pngs.items()}
-    return report_html(ev, images), pngs

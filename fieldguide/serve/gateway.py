@@ -2,7 +2,7 @@
 
 Blue/green promotion starts the new server on another port, checks it, then points this proxy at it (by
 rewriting the upstream file) and stops the old server once its in-flight requests have drained, so clients
-never see the switch. Run as `python -m fieldguide.gateway --port 3000 --upstream-file FILE`.
+never see the switch. Run as `python -m fieldguide.serve.gateway --port 3000 --upstream-file FILE`.
 """
 
 from __future__ import annotations

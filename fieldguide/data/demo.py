@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import csv
+import hashlib
 import io
 import math
 import re
@@ -102,12 +103,17 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def _stable_fraction(text: str) -> float:
+    """A number in [0, 1) from text, the same in every process (unlike hash(), which is salted per process)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % 100 / 100
+
+
 def make_species(groups: list[str], per_group: int) -> list[Species]:
     """Deterministic species traits for the requested groups."""
     out = []
     for group in groups:
         names = SPECIES_NAMES.get(group, [])
-        base_hue, spread = _GROUP_HUE.get(group, (abs(hash(group)) % 100 / 100, 0.2))
+        base_hue, spread = _GROUP_HUE.get(group, (_stable_fraction(group), 0.2))
         for i in range(per_group):
             name = names[i] if i < len(names) else f"{group.capitalize()} species {i + 1}"
             frac = i / max(1, per_group - (0 if spread >= 1 else 1))

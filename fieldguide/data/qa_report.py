@@ -11,10 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fieldguide.catalog import default_taxonomy, load_taxonomy, read_bytes, read_catalog
 from fieldguide.config import QARules
-from fieldguide.manifest import dataset_version_id
-from fieldguide.qa import REASONS, QAResult, run_qa
+from fieldguide.data.catalog import default_taxonomy, load_taxonomy, read_bytes, read_catalog
+from fieldguide.data.manifest import dataset_version_id
+from fieldguide.data.qa import REASONS, QAResult, run_qa
 
 EXAMPLES_PER_REASON = 5
 

@@ -1,6 +1,6 @@
 """Data-parallel training: one process per device with torch DistributedDataParallel (NCCL on GPUs, gloo on CPU).
 
-Each rank reads its own part of the train split (fieldguide.loader's rank sharding), validates on the whole val
+Each rank reads its own part of the train split (fieldguide.data.loader's rank sharding), validates on the whole val
 split, and takes the same decisions; rank 0 writes checkpoints and the exported model, which the caller loads.
 """
 
@@ -16,16 +16,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fieldguide.deploy import free_port
-from fieldguide.models import ModelBundle, load_bundle, save_bundle
-from fieldguide.shards import ShardSet, View
-from fieldguide.training import FitResult, TrainParams
+from fieldguide.data.shards import ShardSet, View
+from fieldguide.ports import free_port
+from fieldguide.train.fit import FitResult, TrainParams
+from fieldguide.train.models import ModelBundle, load_bundle, save_bundle
 
 
 def _worker(rank: int, world_size: int, backend: str, port: int, job: dict[str, Any], out: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
-    from fieldguide.trainer import train_on_view
+    from fieldguide.train.job import train_on_view
 
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:

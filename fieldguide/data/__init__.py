@@ -1,0 +1,1 @@
+"""Data stage: catalogs, QA rules, manifests (dataset versions), shards and the streaming loader."""

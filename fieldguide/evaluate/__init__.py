@@ -1,0 +1,1 @@
+"""Evaluation stage: metrics, quality gate, reports and plots, two-stage (router + children) evaluation."""

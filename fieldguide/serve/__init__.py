@@ -1,0 +1,1 @@
+"""Serving stage: the two-stage predictor and its releases, staging checks, the gateway, server processes."""

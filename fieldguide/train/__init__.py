@@ -1,0 +1,1 @@
+"""Training stage: timm models, the fit loop, hyperparameter tuning and data-parallel training."""

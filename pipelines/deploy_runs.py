@@ -1,0 +1,221 @@
+"""Dispatch of rollouts: approvals, `--pipeline deploy`, `watch` and `rollback` turned into deploy-pipeline runs.
+
+Which versions go live is decided in one place, `registry.releases.compose_release`; how a release goes live is
+`registry.promotion`. Every rollout here holds the registry lock for its whole length.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fieldguide.errors import FieldguideError
+from fieldguide.keys import ModelKey, release_members
+from fieldguide.runconfig import DeployConfig, load_run_config
+from fieldguide.serve.release import RELEASE_MODEL
+from pipelines.runner import Dataset, pipeline_errors, resolve_dataset
+from registry.approvals import PENDING
+from registry.lock import registry_lock
+
+
+def deploy_config(root: Path, config: str | None) -> DeployConfig:
+    """The validated deploy config (configs/deploy.yaml, or the one given)."""
+    return load_run_config(root, "deploy", config).params
+
+
+def new_release_id() -> str:
+    """A sortable release id (also a valid BentoML tag version)."""
+    return datetime.now(UTC).strftime("r%Y%m%d-%H%M%S")
+
+
+def run_deploy(
+    root: Path,
+    config: str | None = None,
+    versions: dict[str, str] | None = None,
+    by: str = "",
+    dataset: Dataset | None = None,
+) -> str:
+    """Run the deploy pipeline for a release (default: newest approved versions over production); its id.
+
+    A release that fails anywhere is recorded as failed with the reason; production is untouched.
+    """
+    import dataclasses
+
+    from zenml import Model
+
+    from pipelines.deploy import deploy_pipeline
+    from registry.promotion import serving_dir
+    from registry.releases import compose_release, newer_approved
+
+    cfg = deploy_config(root, config)
+    with registry_lock(what="this rollout"):
+        dataset = dataset or resolve_dataset(root, None, None)
+        approvers = [by] if by else []
+        if versions is None:
+            pins, approvers = newer_approved(dataset.groups)
+            versions = compose_release(dataset.groups, pins)
+        release_id = new_release_id()
+        while _release_exists(release_id):  # two rollouts within one second
+            time.sleep(1)
+            release_id = new_release_id()
+        print(f"deploying release {release_id}", flush=True)
+        model = Model(name=RELEASE_MODEL, version=release_id, description="Two-stage releases: router + children")
+        try:
+            with pipeline_errors():
+                deploy_pipeline.with_options(model=model)(
+                    shard_set_id=dataset.shard_set_id,
+                    release_id=release_id,
+                    versions=versions,
+                    approved_by=", ".join(sorted({a for a in approvers if a})),
+                    deploy=dataclasses.asdict(cfg),
+                    serving_dir=str(serving_dir()),
+                    root=str(root),
+                )
+        except FieldguideError as exc:
+            _record_failure(release_id, str(exc))
+            raise
+        return release_id
+
+
+def _release_exists(release_id: str) -> bool:
+    from registry.releases import release_versions
+
+    return any(v.name == release_id for v in release_versions())
+
+
+def _record_failure(release_id: str, reason: str) -> None:
+    """Mark a release failed when its run stopped before the promotion routine recorded anything."""
+    from registry.releases import FAILED, mark_failed, release_record
+
+    try:
+        status = release_record(release_id).get("status")
+    except KeyError:
+        return  # the run failed before the release existed
+    if status != FAILED:
+        mark_failed(release_id, reason)
+
+
+def deploy_after_approval(root: Path, model: str, version: Any, by: str, config: str | None = None) -> str:
+    """Roll out a freshly approved version with the production versions of the other members; the release id.
+
+    Before a first release, it waits (returns '') until the router and every child have an approved version.
+    """
+    from registry.releases import compose_release
+    from registry.versions import mark_rollout
+
+    with registry_lock(what=f"rolling out {model}"):
+        dataset = resolve_dataset(root, None, None)
+        key = ModelKey.parse(model)
+        if key not in release_members(dataset.groups):
+            print(f"{model} is not part of the two-stage release; nothing to deploy", flush=True)
+            mark_rollout(version.id, "not part of a release")
+            return ""
+        try:
+            versions = compose_release(dataset.groups, {model: str(version.id)})
+        except FieldguideError as exc:
+            print(f"not deploying yet: {exc}", flush=True)
+            mark_rollout(version.id, f"approved by {by}; waiting for a complete release")
+            return ""
+        mark_rollout(version.id, f"approved by {by}; rolling out")
+        try:
+            release_id = run_deploy(root, config, versions=versions, by=by, dataset=dataset)
+        except FieldguideError as exc:
+            mark_rollout(version.id, f"rollout failed: {exc}")
+            raise
+        mark_rollout(version.id, f"rolled out in {release_id}")
+        return release_id
+
+
+def approve(
+    root: Path, model: str, version: str, by: str, note: str, force: bool, deploy: bool, config: str | None = None
+) -> Any:
+    """Record an approval (and roll it out unless `deploy` is False), holding the registry lock throughout."""
+    from registry.versions import mark_rollout, record_decision
+
+    with registry_lock(what=f"approving {model} {version}"):
+        found = record_decision(model, version, "approve", by, note, force)
+        if deploy:
+            deploy_after_approval(root, model, found, by, config)
+        else:
+            mark_rollout(found.id, f"approved by {by}; record only (--no-deploy)")
+        return found
+
+
+def watch(root: Path, interval_s: float, once: bool = False, config: str | None = None) -> None:
+    """Poll the registry for approvals nobody acted on (CLI or dashboard tag `approved`) and roll them out.
+
+    Each approval is acted on once: a failed rollout is recorded and retried only by an explicit command
+    (`--pipeline deploy`); `approve --no-deploy` approvals are never rolled out from here.
+    """
+    from registry.approvals import APPROVED, ApprovalError
+    from registry.versions import (
+        approval_of,
+        is_approved,
+        list_versions,
+        mark_rollout,
+        production_version,
+        record_decision,
+        rollout_note,
+    )
+
+    while True:
+        for key in release_members(resolve_dataset(root, None, None, quiet=True).groups):
+            live = production_version(key)
+            for version in list_versions(key):
+                if not is_approved(version) or rollout_note(version):
+                    continue
+                label = f"{key} v{version.number}"
+                if live is not None and version.number <= live.number:
+                    mark_rollout(version.id, f"superseded by production v{live.number}")
+                    continue
+                if approval_of(version).get("state") != APPROVED:
+                    try:  # approved by tag in the dashboard: record it, under the same gate rules as the CLI
+                        record_decision(key.name, str(version.number), "approve", "dashboard", "tagged `approved`")
+                    except ApprovalError as exc:
+                        print(f"watch: {label} tagged approved but refused: {exc}", flush=True)
+                        mark_rollout(version.id, f"refused: {exc}")
+                        continue
+                print(f"watch: {label} approved; rolling out", flush=True)
+                try:
+                    by = approval_of(version).get("by") or "dashboard"
+                    deploy_after_approval(root, key.name, version, by, config)
+                except FieldguideError as exc:
+                    print(f"watch: rollout of {label} failed: {exc}", flush=True)
+        if once:
+            return
+        time.sleep(interval_s)
+
+
+def approve_pending_and_deploy(root: Path, by: str, note: str = "") -> str:
+    """Approve each release member's newest pending version, deploy once, make sure production is served."""
+    from registry.promotion import serve_production, serving_dir
+    from registry.versions import approval_of, list_versions, mark_rollout, record_decision
+
+    with registry_lock(what="approving the pending versions"):
+        dataset = resolve_dataset(root, None, None)
+        approved = []
+        for key in release_members(dataset.groups):
+            pending = [v for v in list_versions(key) if approval_of(v).get("state") == PENDING]
+            if pending:
+                record_decision(key.name, str(pending[-1].number), "approve", by, note)
+                mark_rollout(pending[-1].id, f"approved by {by}; rolled out with approve-pending")
+                approved.append(f"{key} v{pending[-1].number}")
+        if approved:
+            print(f"approved by {by}: {', '.join(approved)}", flush=True)
+            run_deploy(root, by=by, dataset=dataset)
+        else:
+            print("nothing pending: every model version is already decided", flush=True)
+        return serve_production(deploy_config(root, None), serving_dir())
+
+
+def rollback(root: Path, config: str | None = None) -> str:
+    """Production back to the release before the current one (the promotion routine, no regression check)."""
+    from registry import promotion
+    from registry.datasets import shard_set_by_version
+
+    def shard_set_of(dataset_version: str) -> Any:
+        return shard_set_by_version(dataset_version).load()
+
+    return promotion.rollback(deploy_config(root, config), promotion.serving_dir(), shard_set_of)

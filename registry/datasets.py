@@ -1,0 +1,55 @@
+"""Which dataset a run uses: a dataset version by id, or the one the last data pipeline run produced."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fieldguide.errors import FieldguideError
+from registry.versions import client
+
+DATA_PIPELINE = "fieldguide_data"
+
+
+def shard_set_of_run(run: Any) -> Any:
+    """The `shard_set` artifact version of a data pipeline run (cached runs included)."""
+    run = client().get_pipeline_run(run.id)
+    return run.steps["build_shards"].outputs["shard_set"][0]
+
+
+def last_data_run_shard_set() -> Any:
+    """The `shard_set` of the newest data pipeline run, cached or not.
+
+    Raises:
+        FieldguideError: when no data pipeline has run yet.
+    """
+    from zenml.enums import ExecutionStatus
+
+    runs = client().list_pipeline_runs(pipeline_name=DATA_PIPELINE, sort_by="desc:created", size=20)
+    for run in runs:
+        if run.status in (ExecutionStatus.COMPLETED, ExecutionStatus.CACHED):
+            return shard_set_of_run(run)
+    raise FieldguideError("no dataset yet: run `python run.py --pipeline data --catalog PATH` first")
+
+
+def shard_set_by_version(dataset_version: str) -> Any:
+    """The newest `shard_set` artifact of a dataset version (a unique prefix of its id is enough).
+
+    Raises:
+        FieldguideError: naming the known dataset versions when none or several match.
+    """
+    found: dict[str, Any] = {}
+    for artifact in client().list_artifact_versions(artifact="shard_set", sort_by="desc:created", size=1000):
+        version = str(artifact.run_metadata.get("dataset_version", ""))
+        if version.startswith(dataset_version) and version not in found:
+            found[version] = artifact
+    if len(found) == 1:
+        return next(iter(found.values()))
+    known = sorted(
+        {
+            str(a.run_metadata.get("dataset_version", ""))
+            for a in client().list_artifact_versions(artifact="shard_set", size=1000)
+        }
+    )
+    if not found:
+        raise FieldguideError(f"no dataset version {dataset_version!r}; known: {', '.join(known) or 'none yet'}")
+    raise FieldguideError(f"dataset version {dataset_version!r} is ambiguous: {', '.join(sorted(found))}")
