@@ -15,7 +15,7 @@ from fieldguide.config import DataConfig, from_dict, load_yaml
 from fieldguide.errors import ConfigError
 from fieldguide.evaluate.gate import GateConfig
 from fieldguide.serve.release import ServingConfig
-from fieldguide.train.fit import TrainParams
+from fieldguide.train.params import TrainParams
 from fieldguide.train.tuning import TuneConfig
 
 T = TypeVar("T")

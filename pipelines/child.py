@@ -4,6 +4,7 @@ from typing import Any
 
 from zenml import pipeline
 
+from fieldguide.keys import ModelKey
 from pipelines.training import train_stage
 
 
@@ -19,5 +20,5 @@ def child_pipeline(
     checkpoint_dir: str = "",
 ) -> Any:
     """Train the species classifier of `group`."""
-    view = {"kind": "child", "group": group}
+    view = ModelKey.child(group).view()
     return train_stage(shard_set_id, view, train, tuning, trials, gate, experiment_tracker, checkpoint_dir)

@@ -86,15 +86,16 @@ def _release_exists(release_id: str) -> bool:
 
 
 def _record_failure(release_id: str, reason: str) -> None:
-    """Mark a release failed when its run stopped before the promotion routine recorded anything."""
-    from registry.releases import FAILED, mark_failed, release_record
+    """Stop staging and mark a release failed when its run stopped before the promotion routine recorded it."""
+    from registry.promotion import fail, serving_dir
+    from registry.releases import FAILED, PRODUCTION, release_record
 
     try:
         status = release_record(release_id).get("status")
     except KeyError:
         return  # the run failed before the release existed
-    if status != FAILED:
-        mark_failed(release_id, reason)
+    if status not in (FAILED, PRODUCTION):
+        fail(release_id, reason, serving_dir())
 
 
 def deploy_after_approval(root: Path, model: str, version: Any, by: str, config: str | None = None) -> str:
@@ -106,7 +107,7 @@ def deploy_after_approval(root: Path, model: str, version: Any, by: str, config:
     from registry.versions import mark_rollout
 
     with registry_lock(what=f"rolling out {model}"):
-        dataset = resolve_dataset(root, None, None)
+        dataset = resolve_dataset(root, None, None, quiet=True)
         key = ModelKey.parse(model)
         if key not in release_members(dataset.groups):
             print(f"{model} is not part of the two-stage release; nothing to deploy", flush=True)
@@ -152,6 +153,7 @@ def watch(root: Path, interval_s: float, once: bool = False, config: str | None 
     from registry.approvals import APPROVED, ApprovalError
     from registry.versions import (
         approval_of,
+        get_version,
         is_approved,
         list_versions,
         mark_rollout,
@@ -162,27 +164,31 @@ def watch(root: Path, interval_s: float, once: bool = False, config: str | None 
 
     while True:
         for key in release_members(resolve_dataset(root, None, None, quiet=True).groups):
-            live = production_version(key)
-            for version in list_versions(key):
-                if not is_approved(version) or rollout_note(version):
+            for candidate in list_versions(key):
+                if not is_approved(candidate) or rollout_note(candidate):
                     continue
-                label = f"{key} v{version.number}"
-                if live is not None and version.number <= live.number:
-                    mark_rollout(version.id, f"superseded by production v{live.number}")
-                    continue
-                if approval_of(version).get("state") != APPROVED:
-                    try:  # approved by tag in the dashboard: record it, under the same gate rules as the CLI
-                        record_decision(key.name, str(version.number), "approve", "dashboard", "tagged `approved`")
-                    except ApprovalError as exc:
-                        print(f"watch: {label} tagged approved but refused: {exc}", flush=True)
-                        mark_rollout(version.id, f"refused: {exc}")
+                with registry_lock(what=f"acting on {key} v{candidate.number}"):
+                    version = get_version(candidate.id)  # as it is now that no approval or rollout runs
+                    if rollout_note(version):
+                        continue  # an `approve` acted on it meanwhile
+                    label, live = f"{key} v{version.number}", production_version(key)
+                    if live is not None and version.number <= live.number:
+                        mark_rollout(version.id, f"superseded by production v{live.number}")
                         continue
-                print(f"watch: {label} approved; rolling out", flush=True)
-                try:
-                    by = approval_of(version).get("by") or "dashboard"
-                    deploy_after_approval(root, key.name, version, by, config)
-                except FieldguideError as exc:
-                    print(f"watch: rollout of {label} failed: {exc}", flush=True)
+                    if approval_of(version).get("state") != APPROVED:
+                        try:  # approved by tag in the dashboard: record it, under the same gate rules as the CLI
+                            record_decision(key.name, str(version.number), "approve", "dashboard", "tagged `approved`")
+                        except ApprovalError as exc:
+                            print(f"watch: {label} tagged approved but refused: {exc}", flush=True)
+                            mark_rollout(version.id, f"refused: {exc}")
+                            continue
+                        version = get_version(version.id)
+                    print(f"watch: {label} approved; rolling out", flush=True)
+                    try:
+                        by = approval_of(version).get("by") or "dashboard"
+                        deploy_after_approval(root, key.name, version, by, config)
+                    except FieldguideError as exc:
+                        print(f"watch: rollout of {label} failed: {exc}", flush=True)
         if once:
             return
         time.sleep(interval_s)
@@ -200,11 +206,18 @@ def approve_pending_and_deploy(root: Path, by: str, note: str = "") -> str:
             pending = [v for v in list_versions(key) if approval_of(v).get("state") == PENDING]
             if pending:
                 record_decision(key.name, str(pending[-1].number), "approve", by, note)
-                mark_rollout(pending[-1].id, f"approved by {by}; rolled out with approve-pending")
-                approved.append(f"{key} v{pending[-1].number}")
+                mark_rollout(pending[-1].id, f"approved by {by}; rolling out with approve-pending")
+                approved.append(pending[-1])
         if approved:
-            print(f"approved by {by}: {', '.join(approved)}", flush=True)
-            run_deploy(root, by=by, dataset=dataset)
+            print(f"approved by {by}: {', '.join(f'{v.model.name} v{v.number}' for v in approved)}", flush=True)
+            try:
+                release_id = run_deploy(root, by=by, dataset=dataset)
+            except FieldguideError as exc:
+                for version in approved:
+                    mark_rollout(version.id, f"rollout failed: {exc}")
+                raise
+            for version in approved:
+                mark_rollout(version.id, f"rolled out in {release_id}")
         else:
             print("nothing pending: every model version is already decided", flush=True)
         return serve_production(deploy_config(root, None), serving_dir())

@@ -4,6 +4,7 @@ from typing import Any
 
 from zenml import pipeline
 
+from fieldguide.keys import ModelKey
 from pipelines.training import train_stage
 
 
@@ -18,4 +19,6 @@ def flat_pipeline(
     checkpoint_dir: str = "",
 ) -> Any:
     """Train the flat species classifier."""
-    return train_stage(shard_set_id, {"kind": "flat"}, train, tuning, trials, gate, experiment_tracker, checkpoint_dir)
+    return train_stage(
+        shard_set_id, ModelKey.flat().view(), train, tuning, trials, gate, experiment_tracker, checkpoint_dir
+    )

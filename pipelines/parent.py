@@ -4,6 +4,7 @@ from typing import Any
 
 from zenml import pipeline
 
+from fieldguide.keys import ModelKey
 from pipelines.training import train_stage
 
 
@@ -19,5 +20,5 @@ def parent_pipeline(
     checkpoint_dir: str = "",
 ) -> Any:
     """Train the router that picks a plant group."""
-    view = {"kind": "parent", "per_group": per_group}
+    view = ModelKey.router().view(per_group)
     return train_stage(shard_set_id, view, train, tuning, trials, gate, experiment_tracker, checkpoint_dir)

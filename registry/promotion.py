@@ -46,17 +46,24 @@ def serving_dir() -> Path:
     return Path(os.environ.get("FIELDGUIDE_HOME", ".fieldguide")) / "serving"
 
 
-def fail(release_id: str, reason: str, folder: Path) -> None:
-    """Stop staging and record the release as failed with `reason`; production is not touched."""
+def fail(release_id: str, reason: str, folder: Path, rollback: bool = False) -> None:
+    """Stop staging and record why the release did not go live; production is not touched.
+
+    A release on its first rollout becomes failed; a rollback target keeps its place in the history (archived)
+    and records why the rollback to it failed.
+    """
     state = ServingState.load(folder)
     stop(state.staging)
     state.staging = None
     state.save(folder)
+    if rollback:
+        set_release(release_id, rollback_failure=reason)
+        return
     mark_failed(release_id, reason)
     write_stage(folder, release_id, FAILED)
 
 
-def start_staging(release: Release, bento: str, cfg: DeployConfig, folder: Path) -> Server:
+def start_staging(release: Release, bento: str, cfg: DeployConfig, folder: Path, rollback: bool = False) -> Server:
     """Phase 1: the release's bento on the staging port (replacing any earlier staging server)."""
     state = ServingState.load(folder)
     stop(state.staging)
@@ -65,7 +72,7 @@ def start_staging(release: Release, bento: str, cfg: DeployConfig, folder: Path)
     try:
         server = start_bento(bento, release.id, cfg.staging_port, folder / "logs", cfg.start_timeout_s)
     except FieldguideError as exc:
-        fail(release.id, f"staging did not start: {exc}", folder)
+        fail(release.id, f"staging did not start: {exc}", folder, rollback)
         raise
     state.staging = server
     state.save(folder)
@@ -107,7 +114,7 @@ def test_staging(
         return report
 
 
-def promote(release: Release, report: StagingReport, cfg: DeployConfig, folder: Path) -> None:
+def promote(release: Release, report: StagingReport, cfg: DeployConfig, folder: Path, rollback: bool = False) -> None:
     """Phase 3: on a passed report, a new production server, the gateway switched to it, the old one drained.
 
     Raises:
@@ -115,19 +122,19 @@ def promote(release: Release, report: StagingReport, cfg: DeployConfig, folder: 
     """
     print(report.text().splitlines()[0], flush=True)
     if not report.passed:
-        fail(release.id, report.text(), folder)
+        fail(release.id, report.text(), folder, rollback)
         raise FieldguideError(f"release {release.id} failed its staging tests; production is unchanged")
     state = ServingState.load(folder)
     staging = state.staging
     if staging is None or staging.release != release.id or health(staging) != "healthy":
-        fail(release.id, "the staging server stopped serving it before promotion", folder)
+        fail(release.id, "the staging server stopped serving it before promotion", folder, rollback)
         raise FieldguideError(f"the staging server does not serve {release.id} any more; production is unchanged")
     from fieldguide.ports import free_port
 
     try:
         green = start_bento(staging.bento, release.id, free_port(), folder / "logs", cfg.start_timeout_s)
     except FieldguideError as exc:
-        fail(release.id, f"the production server did not start: {exc}", folder)
+        fail(release.id, f"the production server did not start: {exc}", folder, rollback)
         raise
     previous = production_release()
     switch_production(state, folder, green, cfg.production_port)
@@ -144,10 +151,11 @@ def promote(release: Release, report: StagingReport, cfg: DeployConfig, folder: 
 def roll_out(
     release: Release, bento: str, cfg: DeployConfig, shard_set: Any, folder: Path, compare_with_production: bool
 ) -> StagingReport:
-    """All three phases in one call."""
-    server = start_staging(release, bento, cfg, folder)
+    """All three phases in one call (without the production comparison: a rollback)."""
+    rollback = not compare_with_production
+    server = start_staging(release, bento, cfg, folder, rollback)
     report = test_staging(release, server.url, cfg, shard_set, compare_with_production)
-    promote(release, report, cfg, folder)
+    promote(release, report, cfg, folder, rollback)
     return report
 
 

@@ -136,16 +136,18 @@ def rollback_target(current: Release) -> Release:
     Raises:
         FieldguideError: when there is none.
     """
+
+    def promoted(release: Release) -> str:  # records from before promoted_at existed: their creation time
+        return release.promoted_at or release.created
+
     earlier = [
-        Release.from_dict(record)
-        for record in (release_record(v.name) for v in release_versions())
-        if record.get("status") == ARCHIVED
-        and not record.get("rolled_back_at")
-        and record.get("promoted_at", "") < current.promoted_at
+        release
+        for release in (Release.from_dict(release_record(v.name)) for v in release_versions())
+        if release.status == ARCHIVED and not release.rolled_back_at and promoted(release) < promoted(current)
     ]
     if not earlier:
         raise FieldguideError(f"nothing to roll back to: no release was in production before {current.id}")
-    return max(earlier, key=lambda r: r.promoted_at)
+    return max(earlier, key=promoted)
 
 
 def releases_rows() -> list[dict[str, str]]:

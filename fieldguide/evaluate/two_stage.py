@@ -90,7 +90,7 @@ def check_classes(router: ModelBundle, children: dict[str, ModelBundle], shard_s
             )
 
 
-def evaluate_release(
+def two_stage_table(
     router: ModelBundle,
     children: dict[str, ModelBundle],
     shard_set: ShardSet,

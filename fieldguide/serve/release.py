@@ -54,6 +54,8 @@ class Release:
     dataset_version: str = ""  # the dataset whose test split `evaluation` was measured on
     promoted_at: str = ""  # when it first went to production (rollback walks releases by this)
     failure: str = ""  # why its rollout failed (the staging report, or the error)
+    rolled_back_at: str = ""  # when production was rolled back from it (never a rollback target again)
+    rollback_failure: str = ""  # why a rollback to it failed (it stays archived)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Release:

@@ -7,7 +7,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fieldguide.train.fit import TrainParams
+from fieldguide.train.params import TrainParams
 
 
 @dataclass
