@@ -23,7 +23,7 @@ def test_two_process_ddp_matches_one_process(shard_set):
     from fieldguide.train.distributed import train_distributed
 
     view = parent_view(shard_set)
-    base = {"arch": "mobilenetv3_small_050", "img_size": 48, "epochs": 8, "lr": 0.005, "workers": 0, "patience": 0}
+    base = {"arch": "mobilenetv3_small_050", "img_size": 48, "epochs": 12, "lr": 0.005, "workers": 0, "patience": 0}
     single, single_fit = train_on_view(shard_set, view, TrainParams(**base, batch_size=32), "router", progress=False)
     ddp, ddp_fit = train_distributed(
         shard_set, view, TrainParams(**base, batch_size=16), "router", world_size=2, backend="gloo"
