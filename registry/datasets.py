@@ -40,16 +40,11 @@ def shard_set_by_version(dataset_version: str) -> Any:
     found: dict[str, Any] = {}
     for artifact in client().list_artifact_versions(artifact="shard_set", sort_by="desc:created", size=1000):
         version = str(artifact.run_metadata.get("dataset_version", ""))
-        if version.startswith(dataset_version) and version not in found:
-            found[version] = artifact
-    if len(found) == 1:
-        return next(iter(found.values()))
-    known = sorted(
-        {
-            str(a.run_metadata.get("dataset_version", ""))
-            for a in client().list_artifact_versions(artifact="shard_set", size=1000)
-        }
-    )
-    if not found:
-        raise FieldguideError(f"no dataset version {dataset_version!r}; known: {', '.join(known) or 'none yet'}")
-    raise FieldguideError(f"dataset version {dataset_version!r} is ambiguous: {', '.join(sorted(found))}")
+        found.setdefault(version, artifact)  # newest first: the first one seen is the newest
+    matches = [v for v in found if v.startswith(dataset_version)]
+    if len(matches) == 1:
+        return found[matches[0]]
+    if not matches:
+        known = ", ".join(sorted(found)) or "none yet"
+        raise FieldguideError(f"no dataset version {dataset_version!r}; known: {known}")
+    raise FieldguideError(f"dataset version {dataset_version!r} is ambiguous: {', '.join(sorted(matches))}")

@@ -67,14 +67,23 @@ def newer_approved(groups: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def release_versions() -> list[Any]:
-    """Every release (versions of the fieldguide-release model), oldest first."""
+    """Every release (versions of the fieldguide-release model), oldest first, with their metadata."""
     return list_versions(RELEASE_MODEL)
+
+
+def records() -> list[dict[str, Any]]:
+    """Every release's record, oldest first, from one listing (no query per release)."""
+    return [{"id": v.name, **recorded(v)} for v in release_versions()]
+
+
+def recorded(version: Any) -> dict[str, Any]:
+    """The `release` metadata of a release version already fetched with its metadata."""
+    return dict(version.run_metadata.get("release") or {})
 
 
 def release_record(release_id: str) -> dict[str, Any]:
     """The `release` metadata of a release ({} before it was assembled)."""
-    version = client().get_model_version(RELEASE_MODEL, release_id)
-    return dict(version.run_metadata.get("release") or {})
+    return recorded(client().get_model_version(RELEASE_MODEL, release_id))
 
 
 def get_release(release_id: str) -> Release:
@@ -110,9 +119,9 @@ def mark_promoted(release: Release) -> None:
     Its model versions and the release version go to stage production (ZenML archives the previous ones). The
     first promotion time is kept, so a rollback to it keeps its place in the history.
     """
-    for previous in release_versions():
-        if previous.name != release.id and release_record(previous.name).get("status") == PRODUCTION:
-            set_release(previous.name, status=ARCHIVED)
+    for previous in records():
+        if previous["id"] != release.id and previous.get("status") == PRODUCTION:
+            set_release(previous["id"], status=ARCHIVED)
     for version_id in release.version_ids.values():
         version = get_version(version_id)
         client().update_model_version(version.model.id, version.id, stage="production", force=True)
@@ -126,8 +135,8 @@ def mark_promoted(release: Release) -> None:
 
 def production_release() -> Release | None:
     """The release in production now, if any."""
-    live = [v for v in release_versions() if release_record(v.name).get("status") == PRODUCTION]
-    return Release.from_dict(release_record(live[-1].name)) if live else None
+    live = [r for r in records() if r.get("status") == PRODUCTION]
+    return Release.from_dict(live[-1]) if live else None
 
 
 def rollback_target(current: Release) -> Release:
@@ -142,7 +151,7 @@ def rollback_target(current: Release) -> Release:
 
     earlier = [
         release
-        for release in (Release.from_dict(release_record(v.name)) for v in release_versions())
+        for release in (Release.from_dict(r) for r in records() if r.get("versions"))
         if release.status == ARCHIVED and not release.rolled_back_at and promoted(release) < promoted(current)
     ]
     if not earlier:
@@ -153,13 +162,12 @@ def rollback_target(current: Release) -> Release:
 def releases_rows() -> list[dict[str, str]]:
     """One row per release: id, status, model versions, created, approved by, end-to-end accuracy."""
     rows = []
-    for v in release_versions():
-        record = release_record(v.name)
+    for record in records():
         acc = next((f"{x:.3f}" for k, x in record.get("evaluation", {}).items() if k.startswith("end-to-end")), "")
         rows.append(
             {
-                "release": v.name,
-                "status": record.get("status", CANDIDATE if record else FAILED),
+                "release": record["id"],
+                "status": record.get("status", CANDIDATE if record.get("versions") else FAILED),
                 "models": ", ".join(f"{k} {x}" for k, x in record.get("versions", {}).items()),
                 "created": record.get("created", ""),
                 "approved by": record.get("approved_by", ""),

@@ -26,10 +26,9 @@ def assemble_release(
     loaded = {name: get_version(vid) for name, vid in versions.items()}
     bundles = {name: load_model(version) for name, version in loaded.items()}
     groups = list(bundles[ModelKey.router().name].meta.classes)
-    missing = [key.name for key in release_members(groups) if key.name not in bundles]
-    if missing:
-        raise ValueError(f"release {release_id} lacks {', '.join(missing)}")
-    children = {key.group: bundles[key.name] for key in release_members(groups) if key.kind == "child"}
+    children = {
+        key.group: bundles[key.name] for key in release_members(groups) if key.kind == "child" and key.name in bundles
+    }
     route_k = min(config.route_k, len(groups))  # the served routing depth (the predictor clamps it too)
     table = two_stage_table(bundles[ModelKey.router().name], children, shard_set, (route_k,))
     release = Release(
