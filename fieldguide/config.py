@@ -31,6 +31,19 @@ class QARules:
     min_images_per_species: int = 5
     # Decoding processes; 0 means one per CPU core.
     workers: int = 0
+    # Folders or URI prefixes, besides the catalog's own folder and s3://, that rows may point into: a catalog
+    # row is never read from anywhere else. Not part of the dataset version id (it changes no valid image).
+    allowed_roots: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Check that every allowed root is absolute.
+
+        Raises:
+            ConfigError: on an empty or relative root.
+        """
+        for root in self.allowed_roots:
+            if "://" not in root and not Path(root).is_absolute():
+                raise ConfigError(f"rules.allowed_roots: {root!r} must be an absolute path or a scheme:// URI")
 
 
 @dataclasses.dataclass

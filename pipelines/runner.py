@@ -84,7 +84,7 @@ def data_parameters(
     params = {
         "catalog": cfg.catalog,
         "taxonomy": cfg.taxonomy,
-        "fingerprint": fingerprint(cfg.catalog, cfg.taxonomy),
+        "fingerprint": fingerprint(cfg.catalog, cfg.taxonomy, extra_roots=cfg.rules.allowed_roots),
         "rules": dataclasses.asdict(cfg.rules),
         "split": dataclasses.asdict(cfg.split),
         "shards": dataclasses.asdict(cfg.shards),

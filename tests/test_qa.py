@@ -1,6 +1,7 @@
-"""QA: every reason code, demo catalog acceptance, image conversions, folders, manifests, recreate, diff."""
+"""QA: every reason code, demo catalog acceptance, image conversions, folders, manifests, recreate, diff, safe paths."""
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -12,13 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fieldguide.config import QARules
-from fieldguide.data.catalog import CatalogRow, read_catalog
+from fieldguide.config import QARules, from_dict
+from fieldguide.data.catalog import CatalogRow, allowed_roots, read_catalog, uri_refusal
 from fieldguide.data.demo import BAD_KINDS
 from fieldguide.data.images import ImageLimits, load_rgb, open_checked, to_rgb
-from fieldguide.data.manifest import Manifest, dataset_version_id
-from fieldguide.data.qa import REASONS, run_qa
+from fieldguide.data.manifest import Manifest, dataset_version_id, destination, recreate
+from fieldguide.data.qa import REASONS, ValidImage, run_qa
 from fieldguide.data.qa_report import qa_catalog, qa_html
+from fieldguide.errors import ConfigError, FieldguideError
 from tests.conftest import run_cli
 
 
@@ -91,7 +93,7 @@ def test_file_level_reasons(tmp_path, name, payload, reason):
         payload = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"not zlib" * 4) + _chunk(b"IEND", b"")
     (tmp_path / name).write_bytes(payload)
     rows = [CatalogRow(2, str(tmp_path / name), "A", "g")]
-    result = run_qa(rows, QARules(min_images_per_species=1, min_side=16), progress=False)
+    result = run_qa(rows, QARules(min_images_per_species=1, min_side=16), source=str(tmp_path), progress=False)
     assert [r.reason for r in result.rejected] == [reason]
     assert not result.valid
 
@@ -122,7 +124,7 @@ def test_row_level_reasons(tmp_path):
         CatalogRow(9, str(third), "C", ""),
         CatalogRow(10, str(third), "", "g"),
     ]
-    result = run_qa(rows, QARules(min_images_per_species=1), progress=False)
+    result = run_qa(rows, QARules(min_images_per_species=1), source=str(tmp_path), progress=False)
     reasons = {r.line: r.reason for r in result.rejected}
     assert reasons == {
         3: "duplicate",
@@ -146,13 +148,20 @@ def test_taxonomy_reasons_and_rare_class(tmp_path):
     rows = [CatalogRow(2 + i, p, "A", "") for i, p in enumerate(paths[:3])]
     rows += [CatalogRow(5, paths[3], "B", "other"), CatalogRow(6, paths[3], "Z", "")]
     tax = {"A": "g", "B": "g"}
-    result = run_qa(rows, QARules(min_images_per_species=2), tax, progress=False)
+    result = run_qa(rows, QARules(min_images_per_species=2), tax, source=str(tmp_path), progress=False)
     reasons = {r.line: r.reason for r in result.rejected}
     assert reasons == {5: "group_conflict", 6: "unknown_label"}
-    result = run_qa(rows[:1] + rows[3:4], QARules(min_images_per_species=2), {"A": "g", "B": "other"}, progress=False)
+    result = run_qa(
+        rows[:1] + rows[3:4],
+        QARules(min_images_per_species=2),
+        {"A": "g", "B": "other"},
+        source=str(tmp_path),
+        progress=False,
+    )
     assert {r.reason for r in result.rejected} == {"rare_class"}
     assert any(
-        "only 1 species" in w for w in run_qa(rows[:3], QARules(min_images_per_species=1), tax, progress=False).warnings
+        "only 1 species" in w
+        for w in run_qa(rows[:3], QARules(min_images_per_species=1), tax, source=str(tmp_path), progress=False).warnings
     )
 
 
@@ -174,6 +183,7 @@ def test_every_reason_code_is_exercised():
         "no_group",
         "unknown_label",
         "rare_class",
+        "uri_not_allowed",
     }
     assert tested == set(REASONS)
 
@@ -219,7 +229,9 @@ def test_exif_orientation_applied():
 def test_content_decides_format_not_suffix(tmp_path):
     p = tmp_path / "photo.gif"
     p.write_bytes(_jpeg())
-    result = run_qa([CatalogRow(2, str(p), "A", "g")], QARules(min_images_per_species=1), progress=False)
+    result = run_qa(
+        [CatalogRow(2, str(p), "A", "g")], QARules(min_images_per_species=1), source=str(tmp_path), progress=False
+    )
     assert result.valid and result.valid[0].format == "JPEG"
 
 
@@ -242,8 +254,8 @@ def test_process_pool_matches_inline(demo_catalog):
     from fieldguide.data.catalog import default_taxonomy, load_taxonomy
 
     tax = load_taxonomy(default_taxonomy(str(demo_catalog)))
-    pooled = run_qa(rows, QARules(workers=2), tax, progress=False)
-    inline = run_qa(rows, QARules(workers=1), tax, progress=False)
+    pooled = run_qa(rows, QARules(workers=2), tax, source=str(demo_catalog), progress=False)
+    inline = run_qa(rows, QARules(workers=1), tax, source=str(demo_catalog), progress=False)
     assert [(r.line, r.reason) for r in pooled.rejected] == [(r.line, r.reason) for r in inline.rejected]
     assert dataset_version_id(pooled.valid, "1") == dataset_version_id(inline.valid, "1")
     assert "<html>" in qa_html(pooled, "ds-x")
@@ -301,3 +313,165 @@ def test_recreate_rebuilds_and_names_modified_file(tmp_path, demo_catalog):
     victim.unlink()
     gone = run_cli("data", "recreate", str(path), "--out", str(tmp_path / "gone"))
     assert gone.returncode == 1 and f"vanished: {victim}" in gone.stderr
+
+
+def _paths_catalog(tmp_path: Path, uris: list[str]) -> Path:
+    """A catalog folder with one good image per species (images/ok-*.jpg) plus a row per `uris` entry (label A)."""
+    cat = tmp_path / "cat"
+    (cat / "images").mkdir(parents=True)
+    rows = []
+    for i, label in enumerate(["A", "B"]):
+        (cat / "images" / f"ok-{i}.jpg").write_bytes(_jpeg(color=(i * 90, 30, 30)))
+        rows.append([f"images/ok-{i}.jpg", label, "g"])
+    rows += [[uri, "A", "g"] for uri in uris]
+    with (cat / "catalog.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([["uri", "label", "group"], *rows])
+    return cat / "catalog.csv"
+
+
+def test_uri_outside_catalog_is_rejected_by_the_cli(tmp_path):
+    """Acceptance: `http://127.0.0.1:9/x.jpg` and `/etc/passwd` rows → `uri_not_allowed`; the other rows pass."""
+    catalog = _paths_catalog(tmp_path, ["http://127.0.0.1:9/x.jpg", "/etc/passwd"])
+    config = tmp_path / "data.yaml"
+    config.write_text("parameters:\n  rules:\n    min_images_per_species: 1\n")
+    res = run_cli("data", "qa", str(catalog), "--json", "--config", str(config))
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert {r["uri"]: r["reason"] for r in report["rows"]} == {
+        "http://127.0.0.1:9/x.jpg": "uri_not_allowed",
+        "/etc/passwd": "uri_not_allowed",
+    }
+    assert report["valid"] == 2 and report["rejected"] == {"uri_not_allowed": 2}
+
+
+def test_uri_not_allowed_is_never_read(tmp_path):
+    """Rows outside the catalog's folder are refused before any read, even when the file is a valid image."""
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(_jpeg(color=(1, 2, 3)))
+    uris = [
+        "../outside.jpg",  # resolved against the catalog folder: its parent
+        "images/../../outside.jpg",
+        "images/escape/outside.jpg",  # a symlink out of the catalog folder
+        f"file://{outside}",
+        "file:///etc/passwd",
+        "https://example.org/x.jpg",
+        "gs://bucket/x.jpg",
+        "memory://x.jpg",
+        "simplecache::s3://bucket/x.jpg",
+        "s3://bucket/x.jpg::http://127.0.0.1:9/x.jpg",
+    ]
+    catalog = _paths_catalog(tmp_path, uris)
+    (catalog.parent / "images" / "escape").symlink_to(tmp_path)
+    result, _ = qa_catalog(str(catalog), None, QARules(min_images_per_species=1), progress=False)
+    assert [r.reason for r in result.rejected] == ["uri_not_allowed"] * len(uris)
+    assert sorted(v.label for v in result.valid) == ["A", "B"]
+    assert "<html>" in qa_html(result, "ds-x")  # no thumbnail is read for refused rows
+
+
+def test_uri_under_an_allowed_root_is_read(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "c.jpg").write_bytes(_jpeg(color=(5, 200, 5)))
+    catalog = _paths_catalog(tmp_path, [str(shared / "c.jpg")])
+    refused, _ = qa_catalog(str(catalog), None, QARules(min_images_per_species=1), progress=False)
+    assert [r.reason for r in refused.rejected] == ["uri_not_allowed"]
+    rules = from_dict(QARules, {"min_images_per_species": 1, "allowed_roots": [str(shared)]}, "rules")
+    result, version = qa_catalog(str(catalog), None, rules, progress=False)
+    assert not result.rejected and len(result.valid) == 3
+    assert version == dataset_version_id(result.valid, rules.version)  # the roots are not part of the id
+
+
+def test_uri_refusal_rules(tmp_path):
+    roots = allowed_roots(str(tmp_path), ["/data/plants", "https://cdn.example.org/plants"])
+    assert roots == [str(tmp_path.resolve()), "/data/plants", "https://cdn.example.org/plants"]
+    allowed = [
+        "s3://any-bucket/x.jpg",
+        str(tmp_path / "a" / "b.jpg"),
+        f"file://{tmp_path}/a.jpg",
+        "/data/plants/x/y.jpg",
+        "https://cdn.example.org/plants/a.jpg",
+        "https://cdn.example.org/plants/a.jpg?sig=1",
+    ]
+    assert [u for u in allowed if uri_refusal(u, roots)] == []
+    refused = [
+        "/data/plants-old/x.jpg",
+        "/data/plants/../secret.jpg",
+        "relative.jpg",
+        "data:image/png;base64,AAAA",
+        "https://cdn.example.org/plantsx/a.jpg",
+        "https://cdn.example.org/plants/../a.jpg",
+        "https://cdn.example.org/plants/%2e%2e/a.jpg",
+        "https://cdn.example.org/plants/..%2fa.jpg",
+        "https://cdn.example.org.evil.net/plants/a.jpg",
+        "https://cdn.example.org@evil.net/plants/a.jpg",
+        "https://evil.net/x?/../../cdn.example.org/plants/a.jpg",
+        "http://cdn.example.org/plants/a.jpg",
+        "s3a://bucket/x.jpg",
+        "/tmp/x\0.jpg",
+    ]
+    assert [u for u in refused if not uri_refusal(u, roots)] == []
+    assert uri_refusal(str(tmp_path / "a.jpg"), allowed_roots("", []))  # rows without a catalog: no folder
+    with pytest.raises(ConfigError, match="allowed_roots"):
+        from_dict(QARules, {"allowed_roots": ["relative/dir"]}, "rules")
+
+
+def _escaping_manifest(tmp_path: Path, **bad: str) -> Path:
+    """A manifest of two real images whose second row has the fields in `bad` (label, group or format)."""
+    images = []
+    for i in range(2):
+        src = tmp_path / "src" / f"{i}.jpg"
+        src.parent.mkdir(exist_ok=True)
+        src.write_bytes(_jpeg(color=(i * 100, 0, 0)))
+        sha = hashlib.sha256(src.read_bytes()).hexdigest()
+        fields = {"label": "A", "group": "g", "format": "JPEG"} | (bad if i == 1 else {})
+        images.append(ValidImage(str(src), sha, fields["label"], fields["group"], 48, 40, fields["format"], 1, i + 2))
+    path = tmp_path / "manifest.json"
+    path.write_text(Manifest.build(images, "1", str(tmp_path / "src"), 0).to_json())
+    return path
+
+
+def test_recreate_refuses_a_label_that_leaves_out(tmp_path):
+    """Acceptance: a manifest row labelled `../../escaped` → `data recreate` exits 2 and writes nothing."""
+    manifest = _escaping_manifest(tmp_path, label="../../escaped")
+    out = tmp_path / "nested" / "out"
+    res = run_cli("data", "recreate", str(manifest), "--out", str(out))
+    assert res.returncode == 2, res.stderr
+    assert "'../../escaped'" in res.stderr and "outside the output folder" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "nested").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "src"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"label": "../../escaped"},
+        {"label": ".."},
+        {"label": ""},
+        {"label": "a/b"},
+        {"group": "/etc"},
+        {"group": "..\\x"},
+        {"format": "/../../../x"},
+        {"label": "nul\0"},
+    ],
+)
+def test_recreate_destination_must_stay_inside_out(tmp_path, bad):
+    manifest = Manifest.load(str(_escaping_manifest(tmp_path, **bad)))
+    out = tmp_path / "out"
+    ok, escaping = (m for m in sorted(manifest.images, key=lambda i: i.line))
+    assert destination(ok, out).as_posix() == f"g/A/{ok.sha256}.jpg"
+    with pytest.raises(FieldguideError, match="outside the output folder"):
+        destination(escaping, out)
+    with pytest.raises(FieldguideError):
+        recreate(manifest, out)
+    assert not out.exists()
+
+
+def test_recreate_refuses_a_symlink_out_of_out(tmp_path):
+    manifest = Manifest.load(str(_escaping_manifest(tmp_path)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "g").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(FieldguideError, match="outside the output folder"):
+        recreate(manifest, out)
+    assert not (tmp_path / "elsewhere").exists() and [p.name for p in out.iterdir()] == ["g"]

@@ -6,10 +6,11 @@ import csv
 import hashlib
 import io
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import fsspec
 import yaml
@@ -59,6 +60,58 @@ def resolve_uri(uri: str, base: str) -> str:
 
 def _parent(source: str) -> str:
     return source.rsplit("/", 1)[0] if is_remote(source) else str(Path(source).resolve().parent)
+
+
+def allowed_roots(source: str, extra: Iterable[str] = (), storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Where the rows of catalog `source` may point besides s3://: its own folder and the `extra` roots, normalised.
+
+    An empty `source` (rows without a catalog) allows only the `extra` roots.
+    """
+    roots = [catalog_dir(source, storage_options)] if source else []
+    return [forms[0] for forms in (_forms(r, decoded=False) for r in [*roots, *extra]) if forms]
+
+
+def uri_refusal(uri: str, roots: Sequence[str]) -> str:
+    """Why `uri` must not be read ('' when it may be): it must be s3:// or lie under one of `roots`.
+
+    Lexical, plus symlink resolution of local paths: never opens the file or contacts a host. A remote URI must
+    stay under a root both as written and percent-decoded, so an encoded `..` or `/` cannot climb out of it.
+    """
+    if "::" in uri:
+        return f"{uri}: chained fsspec URIs are not allowed"
+    if uri.startswith("s3://"):
+        return ""
+    forms = _forms(uri)
+    if not forms:
+        return f"{uri}: not an absolute path or a URI"
+    if all(any(_under(form, root) for root in roots) for form in forms):
+        return ""
+    return f"{uri} is not s3:// and not under the catalog's folder or rules.allowed_roots ({', '.join(roots) or '-'})"
+
+
+def _forms(uri: str, decoded: bool = True) -> list[str]:
+    """Normalised forms of `uri`; [] when it is neither an absolute local path nor a `scheme://` URI.
+
+    A local path is resolved (symlinks followed); a URI becomes `scheme://host/path` with `..` folded, as written
+    and, with `decoded`, percent-decoded too.
+    """
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    try:
+        if scheme in ("", "file", "local"):
+            path = Path(uri.split("://", 1)[1] if scheme else uri)
+            return [str(path.resolve())] if path.is_absolute() else []
+        parts = urlsplit(uri)
+        query = f"?{parts.query}" if parts.query else ""
+        paths = [parts.path, unquote(parts.path).replace("\\", "/")] if decoded else [parts.path]
+        return [f"{parts.scheme}://{parts.netloc}{posixpath.normpath(p or '/')}{query}" for p in paths]
+    except (OSError, RuntimeError, ValueError):  # NUL bytes, symlink loops, malformed URLs
+        return []
+
+
+def _under(target: str, root: str) -> bool:
+    if "://" not in target and "://" not in root:
+        return Path(target).is_relative_to(root)
+    return target == root or target.startswith(root.rstrip("/") + "/")
 
 
 def catalog_dir(source: str, storage_options: dict[str, Any] | None = None) -> str:
@@ -169,11 +222,14 @@ def snapshot(source: str, taxonomy: str = "", storage_options: dict[str, Any] | 
     return CatalogSnapshot(source, tax_path, tax, list(read_catalog(source, storage_options)))
 
 
-def fingerprint(source: str, taxonomy: str = "", storage_options: dict[str, Any] | None = None) -> str:
+def fingerprint(
+    source: str, taxonomy: str = "", storage_options: dict[str, Any] | None = None, extra_roots: Iterable[str] = ()
+) -> str:
     """A cheap content fingerprint: catalog and taxonomy bytes plus size/mtime (or ETag) of every listed file.
 
     Used as a step parameter so that ZenML's cache is invalidated when any image changes on disk, without
-    reading the images. One directory listing per folder, not one request per file.
+    reading the images. One directory listing per folder, not one request per file; folders of rows that QA
+    refuses (see `uri_refusal`, with `extra_roots` as rules.allowed_roots) are never listed.
     """
     h = hashlib.sha256()
     tax_path = taxonomy or default_taxonomy(source, storage_options)
@@ -184,8 +240,12 @@ def fingerprint(source: str, taxonomy: str = "", storage_options: dict[str, Any]
     if tax_path:
         h.update(read_bytes(tax_path, storage_options))
     listings: dict[str, dict[str, str]] = {}
+    roots = allowed_roots(source, extra_roots, storage_options)
     for uri in uris:
         if not uri:
+            continue
+        if uri_refusal(uri, roots):
+            h.update(f"{uri}\tnot allowed\n".encode())
             continue
         directory, name = uri.rsplit("/", 1) if "/" in uri else ("", uri)
         if directory not in listings:

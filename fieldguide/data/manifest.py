@@ -110,10 +110,14 @@ def recreate(manifest: Manifest, out: Path, storage_options: dict[str, Any] | No
     """Copy every image of `manifest` to `out/<group>/<species>/<sha256>.<ext>` with a catalog.csv, verifying hashes.
 
     Files whose bytes changed or that vanished are not written; they are listed in the result.
+
+    Raises:
+        FieldguideError: before anything is written, when a row's group, label or file name would leave `out`.
     """
+    destinations = [destination(img, out, n) for n, img in enumerate(manifest.images, start=1)]
     out.mkdir(parents=True, exist_ok=True)
     changed, vanished, rows = [], [], []
-    for img in manifest.images:
+    for img, rel in zip(manifest.images, destinations, strict=True):
         try:
             data = read_bytes(img.uri, storage_options)
         except FileNotFoundError:
@@ -122,7 +126,6 @@ def recreate(manifest: Manifest, out: Path, storage_options: dict[str, Any] | No
         if hashlib.sha256(data).hexdigest() != img.sha256:
             changed.append(img.uri)
             continue
-        rel = Path(img.group) / img.label / f"{img.sha256}.{_suffix(img.format)}"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(data)
         rows.append((rel.as_posix(), img.label, img.group))
@@ -131,6 +134,34 @@ def recreate(manifest: Manifest, out: Path, storage_options: dict[str, Any] | No
         writer.writerow(["uri", "label", "group"])
         writer.writerows(rows)
     return RecreateResult(written=len(rows), changed=changed, vanished=vanished)
+
+
+def destination(img: ValidImage, out: Path, row: int = 0) -> Path:
+    """Where `recreate` writes `img`, relative to `out`: `<group>/<species>/<sha256>.<ext>`.
+
+    Raises:
+        FieldguideError: when the group, label or file name is empty, `.`/`..`, holds a path separator or NUL,
+            or would resolve outside `out`.
+    """
+    parts = {"group": img.group, "label": img.label, "file name": f"{img.sha256}.{_suffix(img.format)}"}
+    for what, name in parts.items():
+        if name in ("", ".", "..") or any(c in name for c in ("/", "\\", "\0")):
+            raise FieldguideError(_escape_message(img, row, what, name, out))
+    rel = Path(*parts.values())
+    try:
+        inside = (out / rel).resolve().is_relative_to(out.resolve())
+    except (OSError, RuntimeError):  # a symlink loop under `out`
+        inside = False
+    if not inside:
+        raise FieldguideError(_escape_message(img, row, "path", rel.as_posix(), out))
+    return rel
+
+
+def _escape_message(img: ValidImage, row: int, what: str, name: str, out: Path) -> str:
+    return (
+        f"manifest row {row} ({img.uri}): {what} {name!r} would be written outside the output folder {out}; "
+        "groups, labels and file names must be plain names. Nothing was written: fix or regenerate the manifest"
+    )
 
 
 def _suffix(fmt: str) -> str:

@@ -13,11 +13,12 @@ from typing import Any
 from tqdm import tqdm
 
 from fieldguide.config import QARules
-from fieldguide.data.catalog import CatalogRow, read_bytes
+from fieldguide.data.catalog import CatalogRow, allowed_roots, read_bytes, uri_refusal
 from fieldguide.data.images import ImageLimits, ImageRejected, open_checked
 
 # Every reason code QA can give, in the order the checks run.
 REASONS: dict[str, str] = {
+    "uri_not_allowed": "the uri is not s3:// and not under the catalog's folder or rules.allowed_roots (never read)",
     "missing": "the file does not exist (or the row has no uri)",
     "unreadable": "the file exists but could not be read",
     "empty": "the file has zero bytes",
@@ -174,15 +175,22 @@ def run_qa(
 ) -> QAResult:
     """Apply `rules` to catalog rows and return the valid images and every rejection with its reason.
 
-    Label checks run first (cheap); surviving rows are read and fully decoded in a process pool; duplicates,
-    conflicting duplicates and rare species are resolved last because they depend on the whole catalog.
+    A row is read only when its uri is s3:// or lies under the folder of catalog `source` (none when `source` is
+    empty) or under `rules.allowed_roots`. Label checks run next (cheap); surviving rows are read and fully decoded
+    in a process pool; duplicates, conflicting duplicates and rare species are resolved last because they depend
+    on the whole catalog.
     """
     result = QAResult(source=source, rules=rules)
     limits = ImageLimits(tuple(rules.allowed_formats), rules.min_side, rules.max_pixels)
     first_group: dict[str, str] = {}
     pending: dict[int, CatalogRow] = {}
     tasks: list[tuple[int, str]] = []
+    roots = allowed_roots(source, rules.allowed_roots, storage_options)
     for row in rows:
+        refusal = uri_refusal(row.uri, roots) if row.uri else ""
+        if refusal:
+            result.rejected.append(Rejection(row.line, row.uri, row.label, "uri_not_allowed", refusal))
+            continue
         reason, detail, group = _label_check(row, taxonomy, first_group)
         if reason:
             result.rejected.append(Rejection(row.line, row.uri, row.label, reason, detail))

@@ -111,7 +111,8 @@ def qa_html(result: QAResult, version: str, storage_options: dict[str, Any] | No
     for reason, rows in examples_by_reason(result).items():
         parts.append(f"<h3>{esc(reason)}</h3>")
         for rej in rows:
-            thumb = _thumbnail(rej.uri, storage_options) if rej.reason not in ("too_many_pixels", "missing") else ""
+            unshown = ("too_many_pixels", "missing", "uri_not_allowed")
+            thumb = _thumbnail(rej.uri, storage_options) if rej.reason not in unshown else ""
             img = f"<img src='{thumb}'>" if thumb else "<div class='noimg'>no preview</div>"
             parts.append(f"<div class='ex'>{img}<br>line {rej.line}: {esc(rej.label)}<br>{esc(rej.detail)}</div>")
     parts.append("</body></html>")
