@@ -442,18 +442,19 @@ def rollback(config: str | None) -> None:
 
 @cli.command()
 def status() -> None:
-    """Staging and production: release, URL, pid and health."""
+    """Staging and production: release, URL, pid, health, and restarts of the supervised production processes."""
     from fieldguide.serve.servers import status_rows
     from registry.promotion import serving_dir
 
     for row in status_rows(serving_dir()):
         cells = (row["role"], row["release"] or "-", row["url"] or "-", f"pid {row['pid'] or '-'}", row["health"])
-        click.echo("{:<22} {:<18} {:<24} {:<10} {}".format(*cells))
+        line = "{:<22} {:<18} {:<24} {:<10} {:<16}".format(*cells)
+        click.echo(f"{line} restarts {row['restarts']}" if row["restarts"] else line.rstrip())
 
 
 @cli.command()
 def stop() -> None:
-    """Stop the staging, production and gateway servers this project started."""
+    """Stop the staging, production and gateway servers this project started, and their supervisord."""
     from fieldguide.serve.servers import stop_all
     from registry.promotion import serving_dir
 

@@ -52,15 +52,29 @@ def raw(predictor: TwoStagePredictor, images: list[bytes], seconds: float) -> tu
 
 async def classify(client: httpx.AsyncClient, url: str, jpeg: bytes) -> bool:
     """One POST /classify; True when it was answered 200."""
+    return await send(client, url, {"files": {"file": ("x.jpg", jpeg, "image/jpeg")}}) == 200
+
+
+async def send(client: httpx.AsyncClient, url: str, request: dict) -> int:
+    """One POST /classify with httpx keyword arguments; its status (0 when the transport failed)."""
     try:
-        resp = await client.post(url + "/classify", files={"file": ("x.jpg", jpeg, "image/jpeg")})
+        return (await client.post(url + "/classify", **request)).status_code
     except httpx.HTTPError:
-        return False
-    return resp.status_code == 200
+        return 0
 
 
-async def fixed_rate(url: str, images: list[bytes], rate: float, seconds: float, bound: int) -> dict[str, float]:
-    """Open loop at `rate` requests/s for `seconds`; latency from each request's scheduled send time."""
+async def fixed_rate(
+    url: str,
+    images: list[bytes],
+    rate: float,
+    seconds: float,
+    bound: int,
+    outcomes: list[tuple[float, int, float]] | None = None,
+) -> dict[str, float]:
+    """Open loop at `rate` requests/s for `seconds`; latency from each request's scheduled send time.
+
+    With `outcomes`, every request is also recorded there as (scheduled time, status, latency ms).
+    """
     limit = asyncio.Semaphore(bound)
     latencies: list[float] = []
     errors = 0
@@ -69,9 +83,12 @@ async def fixed_rate(url: str, images: list[bytes], rate: float, seconds: float,
         async def one(i: int, scheduled: float) -> None:
             nonlocal errors
             async with limit:
-                ok = await classify(client, url, images[i % len(images)])
-            if ok:
-                latencies.append((time.perf_counter() - scheduled) * 1000)
+                status = await send(client, url, {"files": {"file": ("x.jpg", images[i % len(images)], "image/jpeg")}})
+            latency = (time.perf_counter() - scheduled) * 1000
+            if outcomes is not None:
+                outcomes.append((scheduled, status, latency))
+            if status == 200:
+                latencies.append(latency)
             else:
                 errors += 1
 

@@ -4,15 +4,17 @@
 a bento built by the deploy pipeline pins its release (FIELDGUIDE_RELEASE=fieldguide-release:<id> at build time).
 Preprocessing and the two-stage forward are fieldguide's own (fieldguide.serve.predictor), as in evaluation.
 
-HTTP routes: POST /classify (multipart field `file`), GET /release, and BentoML's /healthz, /livez, /readyz,
-/metrics. /classify is a FastAPI route on the BentoML service rather than a @bentoml.api: BentoML 1.4.40's own
-multipart parser answers 500 to an upload under an unexpected field name with non-UTF-8 bytes, and every bad
-request must get a 4xx. The forward itself is a @bentoml.api with adaptive batching in a dependent service.
+HTTP: `POST /classify` is a BentoML API (multipart field `file`; `bentoml.SyncHTTPClient(url).classify(file=...)`
+calls it), `GET /release`, and BentoML's /healthz, /livez, /readyz, /metrics, /docs. Every request first goes
+through fieldguide.serve.edge.UploadEdge: a request id on every answer, the upload limit enforced while the body
+streams in, read timeouts, and a multipart check (so BentoML's parser never sees a body it would answer 500 to).
+The forward is a batched API of a dependent service; the batcher sheds load past FIELDGUIDE_MAX_LATENCY_MS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from pathlib import Path
@@ -20,13 +22,17 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from fastapi import FastAPI, File, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+
+from fieldguide.serve.edge import REQUEST_ID, UploadEdge
 
 RELEASE = bentoml.models.BentoModel(os.environ.get("FIELDGUIDE_RELEASE", "fieldguide-release:latest"))
-
-http = FastAPI(title="fieldguide two-stage classifier")
+# The batcher's latency budget (the release's serving.max_latency_ms, passed by the server starter).
+MAX_LATENCY_MS = int(os.environ.get("FIELDGUIDE_MAX_LATENCY_MS", "1000"))
 FORWARD_ATTEMPTS = 3
+
+http = FastAPI(title="fieldguide release info")
+logger = logging.getLogger("fieldguide.service")
 
 
 @bentoml.service(name="fieldguide-model", workers=1, traffic={"timeout": 60})
@@ -40,7 +46,7 @@ class TwoStageModel:
 
         self.predictor = TwoStagePredictor(Path(self.release.path))
 
-    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=1000)
+    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=MAX_LATENCY_MS)
     def forward_batched(self, x: np.ndarray) -> np.ndarray:
         """Adaptive batching: rows of concurrent requests share one forward."""
         return self.predictor.forward(x)
@@ -49,6 +55,29 @@ class TwoStageModel:
     def forward_single(self, x: np.ndarray) -> np.ndarray:
         """One request, one forward (serving config `batching: false`)."""
         return self.predictor.forward(x)
+
+
+SERVED: dict[str, int] = {}  # the front's serving settings, set when the service starts in its worker
+
+
+def answer(ctx: bentoml.Context, status: int, body: dict[str, Any], retry_after: int = 0) -> dict[str, Any]:
+    """An error answer: `body` with `status` (and Retry-After) set on the request's context."""
+    ctx.response.status_code = status
+    if retry_after:
+        ctx.response.headers["Retry-After"] = str(retry_after)
+    return body
+
+
+def failed(ctx: bentoml.Context, rid: str, exc: Exception) -> dict[str, Any]:
+    """A failure inside the model: logged with the request id, answered 500 with it."""
+    logger.error("request %s failed in the model service: %s: %s", rid, type(exc).__name__, exc, exc_info=exc)
+    body = {"error": "the model failed on this request; see the server log", "reason": "model_error"}
+    return answer(ctx, 500, {**body, "request_id": rid})
+
+
+def upload_limit() -> int:
+    """The release's upload limit (read by the edge on the first request, after the service started)."""
+    return SERVED["max_bytes"]
 
 
 @bentoml.asgi_app(http, path="/")
@@ -64,6 +93,7 @@ class Classifier:
 
         # Release metadata and the transform only; the weights live in the model service.
         self.predictor = TwoStagePredictor(Path(self.release.path), load_models=False)
+        SERVED["max_bytes"] = self.predictor.config.max_bytes
 
     @http.get("/release")
     def release_info(self) -> dict[str, Any]:
@@ -80,29 +110,36 @@ class Classifier:
         stage = read_stage(Path(folder) if folder else None, self.predictor.release.id) or "staging"
         return {**asdict(self.predictor.release), "status": stage}
 
-    @http.post("/classify")
-    async def classify(self, request: Request, file: UploadFile = File(...)) -> Any:  # noqa: B008 - FastAPI idiom
-        """An image upload → top-k species with probabilities, the group, the release's versions, the latency."""
+    @bentoml.api(route="/classify")
+    async def classify(self, file: Path, ctx: bentoml.Context) -> dict[str, Any]:
+        """An image upload → top-k species with probabilities, the group, the release's versions, the latency.
+
+        Errors are JSON bodies with a reason and the request id; their status is set on `ctx` (BentoML applies
+        the context's status to whatever an API returns).
+        """
+        import aiohttp
+
         from fieldguide.serve.predictor import BadRequest
 
         start = time.perf_counter()
-        limit = self.predictor.config.max_bytes
+        rid = ctx.request.headers.get(REQUEST_ID, "")
         try:
-            declared = int(request.headers.get("content-length") or 0)
-            if declared > limit + 64 * 1024:  # multipart framing on top of the file itself
-                raise BadRequest("too_large", f"request is {declared} bytes; the upload limit is {limit}")
-            data = await file.read(limit + 1)
-            x = await asyncio.to_thread(self.predictor.decode, data)
+            x = await asyncio.to_thread(lambda: self.predictor.decode(file.read_bytes()))
         except BadRequest as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
+            return answer(ctx, exc.status, {**exc.body(), "request_id": rid})
         try:
             rows = await self._forward(x.numpy()[None])
         except bentoml.exceptions.BentoMLException as exc:
-            # The adaptive batcher sheds load it cannot serve within max_latency_ms: tell the client to retry.
-            status = exc.error_code.value if exc.error_code.value >= 500 else 503
-            body = {"error": f"the model service is busy ({exc}); retry shortly", "reason": "overloaded"}
-            return JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
-        return self.predictor.describe(rows[0], (time.perf_counter() - start) * 1000)
+            if exc.error_code.value == 503:  # the batcher shed this request: retrying later will work
+                body = {"error": "the model service is overloaded; retry shortly", "reason": "overloaded"}
+                return answer(ctx, 503, {**body, "request_id": rid}, retry_after=1)
+            return failed(ctx, rid, exc)
+        except aiohttp.ClientConnectionError:  # the model worker is down (its arbiter respawns it)
+            body = {"error": "the model service is restarting; retry shortly", "reason": "unavailable"}
+            return answer(ctx, 503, {**body, "request_id": rid}, retry_after=2)
+        except Exception as exc:  # noqa: BLE001 - any model-side failure is a 500 carrying the request id
+            return failed(ctx, rid, exc)
+        return {**self.predictor.describe(rows[0], (time.perf_counter() - start) * 1000), "request_id": rid}
 
     async def _forward(self, x: np.ndarray) -> np.ndarray:
         """The model service's forward, retried when its keep-alive connection drops (the call is idempotent)."""
@@ -123,3 +160,6 @@ class Classifier:
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
+
+
+Classifier.add_asgi_middleware(UploadEdge, uploads={"/classify": ("file",)}, max_bytes=upload_limit)

@@ -132,7 +132,9 @@ def promote(release: Release, report: StagingReport, cfg: DeployConfig, folder: 
     from fieldguide.ports import free_port
 
     try:
-        green = start_bento(staging.bento, release.id, free_port(), folder / "logs", cfg.start_timeout_s)
+        green = start_bento(
+            staging.bento, release.id, free_port(), folder / "logs", cfg.start_timeout_s, supervised=True
+        )
     except FieldguideError as exc:
         fail(release.id, f"the production server did not start: {exc}", folder, rollback)
         raise
@@ -194,7 +196,8 @@ def serve_production(cfg: DeployConfig, folder: Path) -> str:
     if live is None:
         raise FieldguideError("no release in production yet: approve model versions, or run `make run`")
     stop(state.production)
-    server = start_bento(f"{BENTO_NAME}:{live.id}", live.id, free_port(), folder / "logs", cfg.start_timeout_s)
+    bento = f"{BENTO_NAME}:{live.id}"
+    server = start_bento(bento, live.id, free_port(), folder / "logs", cfg.start_timeout_s, supervised=True)
     state.production = None
     switch_production(state, folder, server, cfg.production_port)
     write_stage(folder, live.id, PRODUCTION)

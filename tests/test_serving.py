@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from uuid import UUID
@@ -11,6 +12,7 @@ import pytest
 
 from fieldguide.errors import FieldguideError
 from fieldguide.serve.staging import png_header
+from tests.clients import Hammer, SlowUploader
 from tests.conftest import ROOT, deploy_config, register_copy, run_cli
 
 
@@ -67,38 +69,6 @@ def release_id(url: str) -> str:
 
 def classify(client: httpx.Client, url: str, jpeg: bytes) -> httpx.Response:
     return client.post(f"{url}/classify", files={"file": ("x.jpg", jpeg, "image/jpeg")})
-
-
-class Hammer(threading.Thread):
-    """A client sending requests to production until stopped, counting every failure."""
-
-    def __init__(self, url: str, jpeg: bytes) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.jpeg = jpeg
-        self.stop_event = threading.Event()
-        self.ok = 0
-        self.failures: list[str] = []
-        self.releases: set[str] = set()
-
-    def run(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self.stop_event.is_set():
-                try:
-                    resp = classify(client, self.url, self.jpeg)
-                except httpx.HTTPError as exc:
-                    self.failures.append(type(exc).__name__)
-                    continue
-                if resp.status_code == 200:
-                    self.ok += 1
-                    self.releases.add(resp.json()["release"])
-                else:
-                    self.failures.append(str(resp.status_code))
-
-    def finish(self) -> Hammer:
-        self.stop_event.set()
-        self.join(timeout=60)
-        return self
 
 
 def failed_release(before: int) -> dict:
@@ -218,7 +188,10 @@ def releases_listing() -> dict[str, str]:
 def test_promotions_without_failed_requests_then_two_rollbacks_go_two_releases_back(
     production, releases, configs, url, images
 ):
-    """Zero failed requests while B and C are promoted and rolled back; two rollbacks: C → B → A (issue 12, 2)."""
+    """Zero failed requests while B and C are promoted and rolled back; two rollbacks: C → B → A (issue 12, 2).
+
+    Sixteen clients whose uploads each take about two seconds send all through B's promotion (issue 14, 2).
+    """
     from pipelines.deploy_runs import rollback, run_deploy
 
     def answers() -> list[list[tuple[str, float]]]:
@@ -231,10 +204,16 @@ def test_promotions_without_failed_requests_then_two_rollbacks_go_two_releases_b
     before = answers()
     assert all(len(a) == 5 for a in before)
     hammer = Hammer(url, images[2])
-    hammer.start()
+    slow = [SlowUploader(url, images[i % len(images)]) for i in range(16)]  # issue 14, acceptance 2
+    for client in [hammer, *slow]:
+        client.start()
     release_b = run_deploy(ROOT, configs["b"], versions=releases.good, by="tester")
     hammer.finish()
+    for client in slow:
+        client.finish()
     assert hammer.ok > 0 and not hammer.failures, hammer.failures[:5]
+    assert all(c.ok > 0 and not c.failures for c in slow), [c.failures[:3] for c in slow]
+    assert {production, release_b} <= set().union(*(c.releases for c in slow))  # uploads spanned the switch
     assert release_id(url) == release_b != production and production in hammer.releases
     after_b = answers()
     assert all(len(a) == 3 for a in after_b) and after_b != before
@@ -360,3 +339,225 @@ def test_watch_rolls_out_an_approval_made_in_the_dashboard(production, release_v
     assert after.stage == "production" and release_id(url) == new[0]
     res = run_cli("watch", "--once", "--config", configs["a"])
     assert "rolling out" not in res.stdout  # each approval rolls out once
+
+
+def test_bentoml_client_and_curl_get_the_same_answer(production, url, images, tmp_path):
+    """Issue 14, acceptance 6: `/classify` is a BentoML API: its own client and a curl multipart POST agree."""
+    import json
+    import shutil
+    import subprocess
+
+    import bentoml
+
+    image = tmp_path / "x.jpg"
+    image.write_bytes(images[1])
+    with bentoml.SyncHTTPClient(url) as client:
+        assert "classify" in client.endpoints
+        served = client.classify(file=image)
+    if shutil.which("curl"):
+        out = subprocess.run(
+            ["curl", "-sS", "-F", f"file=@{image}", f"{url}/classify"], capture_output=True, check=True
+        )
+        by_curl = json.loads(out.stdout)
+    else:  # the same multipart POST without curl
+        by_curl = classify(httpx.Client(timeout=30), url, images[1]).json()
+    keep = ("species", "group", "release", "versions")
+    assert {k: served[k] for k in keep} == {k: by_curl[k] for k in keep}
+    assert served["request_id"] != by_curl["request_id"]
+
+
+def serving_processes() -> dict[str, list]:
+    """The gateway's and the production backend's processes (psutil), from the supervised programs."""
+    import psutil
+
+    from fieldguide.serve.servers import ServingState
+    from fieldguide.serve.supervise import Supervisor
+    from registry.promotion import serving_dir
+
+    state = ServingState.load(serving_dir())
+    supervisor = Supervisor(serving_dir())
+    out = {}
+    for role, server in (("gateway", state.gateway), ("service", state.production)):
+        shim = psutil.Process(supervisor.status(server.program).pid)
+        out[role] = shim.children(recursive=True)
+    return out
+
+
+def resident_mb(processes: list) -> float:
+    return sum(p.memory_info().rss for p in processes) / 2**20
+
+
+def test_chunked_floods_are_refused_at_the_limit_without_buffering(production, configs, url, images):
+    """Issue 14, acceptance 1: eight concurrent 512 MiB chunked uploads → 413 within 5 s, at most limit + 1 MiB read.
+
+    Four go to the production URL (refused by the gateway), four straight to the live BentoML server (refused by
+    the service's own edge), all from raw sockets that read while they send; memory barely moves.
+    """
+    import json
+
+    from fieldguide.serve.servers import ServingState
+    from registry.promotion import serving_dir
+    from tests.clients import chunked_flood
+
+    processes = serving_processes()
+    before = {role: resident_mb(procs) for role, procs in processes.items()}
+    backend = ServingState.load(serving_dir()).production.port
+    production_port = int(url.rsplit(":", 1)[1])
+    results: dict[int, object] = {}
+
+    def flood(i: int) -> None:
+        results[i] = chunked_flood(production_port if i < 4 else backend, 512 * 2**20, timeout_s=30)
+
+    threads = [threading.Thread(target=flood, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 8
+    for i, result in sorted(results.items()):
+        assert result.status == 413 and result.seconds < 5, (i, result.status, result.seconds, result.body[:300])
+        body = json.loads(result.body)
+        assert body["reason"] == "too_large" and body["request_id"], body
+        assert body["received"] <= body["limit"] + 2**20, body
+    after = {role: resident_mb(procs) for role, procs in processes.items()}
+    assert all(after[role] - before[role] < 50 for role in before), (before, after)
+    with httpx.Client(timeout=30) as client:
+        assert client.get(f"{url}/readyz").status_code == 200
+        assert classify(client, url, images[0]).status_code == 200
+
+
+@pytest.fixture
+def fragile_server(production, tmp_path):
+    """The production release's models re-served with a 5 ms batching budget and one child in memory at a time.
+
+    Served unsupervised on a free port; stopped after the test.
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    import bentoml
+
+    from fieldguide.ports import free_port
+    from fieldguide.serve.release import RELEASE_FILE
+    from fieldguide.serve.servers import release_folder, start_bento, stop
+
+    release_id = f"{production}-fragile"
+    with bentoml.models.create(f"fieldguide-release:{release_id}") as model:
+        shutil.copytree(release_folder(production), model.path, dirs_exist_ok=True)
+        data = json.loads((Path(model.path) / RELEASE_FILE).read_text())
+        data["id"] = release_id
+        data["serving"] |= {"max_latency_ms": 5, "max_children_in_memory": 1}
+        (Path(model.path) / RELEASE_FILE).write_text(json.dumps(data))
+    server = start_bento("bentos.service:Classifier", release_id, free_port(), tmp_path / "logs", 180)
+    yield server, Path(release_folder(release_id))
+    stop(server, grace_s=5)
+
+
+def test_shed_load_is_503_with_retry_after_and_a_model_failure_is_500_with_its_request_id(fragile_server, images):
+    """Issue 14, acceptance 4: the batcher past max_latency_ms → 503 + Retry-After; a failure in the model → 500.
+
+    The failure is real: a child's weights file disappears from the release folder while children are loaded on
+    demand (one in memory), so the model service fails loading it; the 500 names a request id found in the log.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    server, folder = fragile_server
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+        with ThreadPoolExecutor(48) as pool:
+            answers = list(pool.map(lambda j: classify(client, server.url, j), images * 12))
+        codes = sorted({a.status_code for a in answers})
+        assert set(codes) <= {200, 503} and 503 in codes, codes
+        shed = next(a for a in answers if a.status_code == 503)
+        assert shed.headers["retry-after"] and shed.json()["reason"] == "overloaded", shed.text
+
+        for child in folder.glob("child-*/model.safetensors"):
+            child.unlink()
+        failed = classify(client, server.url, images[0])
+    assert failed.status_code == 500, failed.text
+    body = failed.json()
+    assert body["reason"] == "model_error" and body["request_id"] == failed.headers["x-request-id"], body
+    assert body["request_id"] in Path(server.log).read_text()
+
+
+def restarts_in_status() -> str:
+    """The production backend's line of `python run.py status`."""
+    res = run_cli("status")
+    assert res.returncode == 0, res.stderr[-2000:]
+    return next(line for line in res.stdout.splitlines() if line.startswith("production (backend)"))
+
+
+def recovered(url: str, jpeg: bytes, expected: dict, status_before: str, seconds: float) -> float:
+    """Seconds until `status` shows a restart and `/classify` answers `expected` again; fails after `seconds`."""
+    import time
+
+    start = time.monotonic()
+    restarted = False
+    with httpx.Client(timeout=10) as client:
+        while time.monotonic() - start < seconds:
+            restarted = restarted or restarts_in_status() != status_before
+            try:
+                resp = classify(client, url, jpeg)
+                if restarted and resp.status_code == 200 and {k: resp.json()[k] for k in expected} == expected:
+                    return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+    raise AssertionError(f"within {seconds} s: restart in status {restarted}; /classify did not answer correctly")
+
+
+@pytest.mark.parametrize("target", ["bentoml serve parent", "model worker"])
+def test_killed_production_process_is_restarted_by_its_supervisor(production, url, images, target):
+    """Issue 14, acceptance 3: kill -9 of the live server's parent (or its model worker) → answering again in 30 s.
+
+    No command is run: supervisord restarts the server (BentoML's arbiter the worker), and `status` shows it.
+    """
+    import signal
+
+    with httpx.Client(timeout=30) as client:
+        expected = {k: v for k, v in classify(client, url, images[0]).json().items() if k in ("species", "group")}
+    service = serving_processes()["service"]
+    if target == "bentoml serve parent":
+        victim = next(p for p in service if "serve" in p.cmdline() and any("bentoml" in c for c in p.cmdline()))
+    else:
+        victim = next(p for p in service if "fieldguide-model" in p.cmdline())
+    before = restarts_in_status()
+    os.kill(victim.pid, signal.SIGKILL)
+    seconds = recovered(url, images[0], expected, before, 30)
+    after = restarts_in_status()
+    print(f"{target} killed: answering correctly again after {seconds:.1f} s; {after}")
+    assert restart_count(after) > restart_count(before) and "(last at" in after, (before, after)
+
+
+def restart_count(status_line: str) -> int:
+    return int(status_line.split("restarts ", 1)[1].split()[0])
+
+
+def test_stop_leaves_no_process_and_no_bound_port(production, home, configs):
+    """Issue 14, acceptance 3: after `python run.py stop` nothing the project started runs or listens."""
+    import psutil
+
+    from fieldguide.config import load_yaml
+    from fieldguide.ports import port_in_use
+    from fieldguide.serve.servers import ServingState
+    from registry.promotion import serving_dir
+
+    state = ServingState.load(serving_dir())
+    ports = [s.port for s in (state.gateway, state.production, state.staging) if s is not None]
+    params = load_yaml(configs["a"])["parameters"]
+    ports += [params["production_port"], params["staging_port"]]
+    res = run_cli("stop")
+    assert res.returncode == 0 and "supervisord" in res.stdout, res.stdout + res.stderr[-2000:]
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+
+    def ours(p: psutil.Process) -> bool:
+        try:
+            return p.pid not in mine and p.environ().get("FIELDGUIDE_HOME") == str(home)
+        except psutil.Error:
+            return False
+
+    left = [(p.pid, " ".join(p.cmdline())[:200]) for p in psutil.process_iter() if ours(p)]
+    left = [(pid, cmd) for pid, cmd in left if "from multiprocessing." not in cmd]  # this test process's helpers
+    assert not left, left
+    assert not [p for p in ports if port_in_use(p)], ports

@@ -1,8 +1,10 @@
 """The production endpoint: a small reverse proxy on a fixed port in front of the live BentoML server.
 
 Blue/green promotion starts the new server on another port, checks it, then points this proxy at it (by
-rewriting the upstream file) and stops the old server once its in-flight requests have drained, so clients
-never see the switch. Run as `python -m fieldguide.serve.gateway --port 3000 --upstream-file FILE`.
+rewriting the upstream file) and stops the old server once every request forwarded to it has finished, so
+clients never see the switch. A request counts as in flight from its first byte to the last byte of its answer.
+Bodies are limited while they stream in (fieldguide.serve.edge). Run as
+`python -m fieldguide.serve.gateway --port 3000 --upstream-file FILE`.
 """
 
 from __future__ import annotations
@@ -15,24 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-# Bodies above this are refused here, before they reach a model server.
-MAX_BODY = 64 * 1024 * 1024
+from fieldguide.serve.edge import REQUEST_ID, Receive, Scope, Send, read_or_refuse, request_id, send_json
+from fieldguide.serve.edge import tagging as tag_answers
+
+# The body limit when the upstream file does not name one (the release's upload limit plus framing does).
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
+RETRY_AFTER = {"retry-after": "1"}
 
 
 class Upstream:
-    """The upstream URL from a JSON file, re-read when the file changes."""
+    """The upstream URL (and its body limit) from a JSON file, re-read when the file changes."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._mtime = -1.0
+        self._mtime = -1
         self.url = ""
         self.release = ""
+        self.max_body = DEFAULT_MAX_BODY
 
     def current(self) -> str:
         """The URL to forward to now."""
@@ -43,51 +46,125 @@ class Upstream:
         if mtime != self._mtime:
             data = json.loads(self.path.read_text())
             self.url, self.release, self._mtime = data["url"], data.get("release", ""), mtime
+            self.max_body = int(data.get("max_body") or DEFAULT_MAX_BODY)
         return self.url
 
 
-def write_upstream(path: Path, url: str, release: str) -> None:
-    """Atomically point the gateway at `url`."""
+def write_upstream(path: Path, url: str, release: str, max_body: int = DEFAULT_MAX_BODY) -> None:
+    """Atomically point the gateway at `url`, refusing bodies over `max_body` before they reach it."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": url, "release": release}))
+    tmp.write_text(json.dumps({"url": url, "release": release, "max_body": max_body}))
     os.replace(tmp, path)
 
 
-def create_app(upstream_file: Path) -> Starlette:
-    """The proxy app: /_gateway reports the upstream and in-flight counts; everything else is forwarded."""
-    upstream = Upstream(upstream_file)
-    in_flight: Counter[str] = Counter()
-    client = httpx.AsyncClient(timeout=httpx.Timeout(60.0), limits=httpx.Limits(max_connections=256))
+class Gateway:
+    """The proxy as a plain ASGI app: GET /_gateway reports the upstream and in-flight counts; the rest is forwarded.
 
-    async def info(_: Request) -> JSONResponse:
-        url = upstream.current()
-        return JSONResponse({"upstream": url, "release": upstream.release, "in_flight": dict(in_flight)})
+    Args:
+        upstream_file: the JSON file naming the upstream (written by the promotion routine).
+        read_timeout_s: the longest wait for the next request bytes from a client.
+        upstream_timeout_s: the longest wait for the upstream's answer.
+    """
 
-    async def proxy(request: Request) -> Response:
-        url = upstream.current()
-        if not url:
-            return JSONResponse({"error": "no production release is being served"}, status_code=503)
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > MAX_BODY:
-            return JSONResponse({"error": f"request body over {MAX_BODY} bytes", "reason": "too_large"}, 413)
-        body = await request.body()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        in_flight[url] += 1
+    def __init__(self, upstream_file: Path, read_timeout_s: float = 30.0, upstream_timeout_s: float = 60.0) -> None:
+        self.upstream = Upstream(upstream_file)
+        self.in_flight: Counter[str] = Counter()
+        self.read_timeout_s = read_timeout_s
+        self.upstream_timeout_s = upstream_timeout_s
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pooled upstream client (created in the server's event loop)."""
+        if self._client is None:
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.upstream_timeout_s), limits=limits)
+        return self._client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve /_gateway, or forward the request to the upstream chosen when it arrived."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        rid = request_id(scope)
+        send = tag_answers(send, rid)
+        if scope["path"] == "/_gateway" and scope["method"] == "GET":
+            url = self.upstream.current()
+            info = {"upstream": url, "release": self.upstream.release, "in_flight": dict(self.in_flight)}
+            await send_json(send, 200, info)
+            return
+        url = self.upstream.current()  # no await between choosing the upstream and counting the request on it
+        self.in_flight[url] += 1
         try:
-            resp = await client.request(
-                request.method, url + request.url.path, params=request.query_params, headers=headers, content=body
-            )
-        except httpx.HTTPError as exc:
-            return JSONResponse({"error": f"upstream unavailable: {type(exc).__name__}"}, status_code=502)
+            await self._forward(scope, receive, send, url, rid)
         finally:
-            in_flight[url] -= 1
-            if not in_flight[url]:
-                del in_flight[url]
-        out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS | {"content-encoding"}}
-        return Response(resp.content, status_code=resp.status_code, headers=out)
+            self.in_flight[url] -= 1
+            if not self.in_flight[url]:
+                del self.in_flight[url]
 
-    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/_gateway", info), Route("/{path:path}", proxy, methods=methods)])
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, url: str, rid: str) -> None:
+        if not url:
+            await send_json(send, 503, {"error": "no production release is being served"}, RETRY_AFTER)
+            return
+        body = await read_or_refuse(scope, receive, send, rid, self.upstream.max_body, self.read_timeout_s)
+        if body is None:
+            return
+        try:
+            headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in HOP_HEADERS]
+            headers = [(k, v) for k, v in headers if k.lower() != REQUEST_ID.encode()]
+            headers.append((REQUEST_ID.encode(), rid.encode()))
+            if body.size:
+                headers.append((b"content-length", str(body.size).encode()))
+            query = scope["query_string"].decode("latin-1")
+            target = url + scope["path"] + (f"?{query}" if query else "")
+            request = self.client.build_request(
+                scope["method"], target, headers=headers, content=body.chunks() if body.size else None
+            )
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.ConnectError:
+                await send_json(send, 503, {"error": "no model server is up; retry shortly"}, RETRY_AFTER)
+                return
+            except httpx.TimeoutException as exc:
+                await send_json(send, 504, {"error": f"the model server did not answer: {type(exc).__name__}"})
+                return
+            except httpx.HTTPError as exc:
+                await send_json(send, 502, {"error": f"upstream failed: {type(exc).__name__}"})
+                return
+            await self._relay(response, send)
+        finally:
+            body.close()
+
+    async def _relay(self, response: httpx.Response, send: Send) -> None:
+        """Read the upstream's answer (small JSON) and send it back; a failure mid-answer is a 502."""
+        skip = HOP_HEADERS | {"content-encoding"}
+        out = [(k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in skip]
+        try:
+            chunks = []
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            await send_json(send, 502, {"error": f"upstream failed mid-answer: {type(exc).__name__}"})
+            return
+        finally:
+            await response.aclose()
+        data = b"".join(chunks)
+        out.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": response.status_code, "headers": out})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._client is not None:
+                    await self._client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,9 +175,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--upstream-file", type=Path, required=True)
+    parser.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client may pause mid-request")
     args = parser.parse_args(argv)
-    app: Any = create_app(args.upstream_file)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    app: Any = Gateway(args.upstream_file, read_timeout_s=args.read_timeout)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        server_header=False,  # the upstream's own Server and Date headers pass through
+        date_header=False,
+    )
 
 
 if __name__ == "__main__":

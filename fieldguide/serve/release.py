@@ -34,6 +34,8 @@ class ServingConfig:
     allowed_formats: list[str] = field(default_factory=lambda: ["JPEG", "PNG", "WEBP"])
     # Adaptive batching of model forwards across concurrent requests (sizes: bentos/service.py's decorator).
     batching: bool = True
+    # The batcher's latency budget: requests it cannot serve within this are shed with 503 + Retry-After.
+    max_latency_ms: int = 1000
     # Children kept in memory at once (least recently used evicted); 0 keeps every child loaded.
     max_children_in_memory: int = 0
 

@@ -1,7 +1,9 @@
 """Serving environments on this machine: release → BentoML model → bento → staging/production servers.
 
-Production is the gateway's fixed port (fieldguide.serve.gateway) in front of a `bentoml serve` process; staging is a
-`bentoml serve` process on its own port. Pids, ports and releases are kept in `<state dir>/state.json`.
+Production is the gateway's fixed port (fieldguide.serve.gateway) in front of a `bentoml serve` process, both run by
+supervisord (fieldguide.serve.supervise), which restarts them when they die; staging is a plain `bentoml serve`
+process on its own port (a staging server that dies fails its release). Pids, ports and releases are kept in
+`<state dir>/state.json`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import httpx
 
 from fieldguide.errors import FieldguideError
 from fieldguide.ports import port_in_use
+from fieldguide.serve.edge import FRAMING
 from fieldguide.serve.gateway import write_upstream
-from fieldguide.serve.release import BENTO_NAME, RELEASE_MODEL
+from fieldguide.serve.release import BENTO_NAME, RELEASE_MODEL, ServingConfig, read_release
+from fieldguide.serve.supervise import ROOT, Program, Supervisor
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Server:
     release: str = ""
     bento: str = ""
     log: str = ""
+    program: str = ""  # its supervisord program, when supervised
+    supervisor: str = ""  # the serving folder whose supervisord runs it
 
     @property
     def url(self) -> str:
@@ -102,23 +108,45 @@ def alive(pid: int) -> bool:
     return True
 
 
-def start_bento(bento: str, release_id: str, port: int, log_dir: Path, timeout_s: float) -> Server:
-    """Start `bentoml serve BENTO` in its own session on `port` and wait until /readyz answers 200.
+def serving_config(release_id: str) -> ServingConfig:
+    """The serving settings a release carries."""
+    return read_release(release_folder(release_id)).serving
 
-    The server reads its release's stage from the serving folder (`log_dir`'s parent) for its /release answer.
+
+def start_bento(
+    bento: str, release_id: str, port: int, log_dir: Path, timeout_s: float, supervised: bool = False
+) -> Server:
+    """Start `bentoml serve BENTO` on `port` and wait until /readyz answers 200.
+
+    Supervised (production), supervisord runs it and restarts it when it dies; otherwise (staging) it is a plain
+    child in its own session. The server reads its release's stage from the serving folder (`log_dir`'s parent)
+    for its /release answer.
     """
     if port_in_use(port):
         raise FieldguideError(f"port {port} is already in use; stop what runs there (`python run.py stop`)")
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{release_id}-{port}.log"
     env = {
-        **os.environ,
+        **stores_env(),
         "FIELDGUIDE_RELEASE": f"{RELEASE_MODEL}:{release_id}",
         "FIELDGUIDE_SERVING_DIR": str(log_dir.parent),
+        "FIELDGUIDE_MAX_LATENCY_MS": str(serving_config(release_id).max_latency_ms),
     }
     cmd = [bentoml_bin(), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
+    if supervised:
+        program = Program(f"backend-{port}", cmd, port, env, str(log))
+        server = _supervise(program, log_dir.parent, release_id, bento)
+        try:
+            supervisor = Supervisor(log_dir.parent)
+            wait_ready(server.url + "/readyz", timeout_s, supervised_by=supervisor, program=server.program)
+        except FieldguideError:
+            stop(server)
+            raise
+        return server
     with log.open("ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=ROOT, start_new_session=True
+        )
     server = Server(proc.pid, port, release_id, bento, str(log))
     try:
         wait_ready(server.url + "/readyz", timeout_s, proc)
@@ -128,27 +156,49 @@ def start_bento(bento: str, release_id: str, port: int, log_dir: Path, timeout_s
     return server
 
 
+def stores_env() -> dict[str, str]:
+    """The variables naming this project's state and stores, passed explicitly to every supervised program.
+
+    A program's environment is supervisord's (inherited from whoever started it) plus what its spec names; the
+    spec file holds no other variable, so no secret from the caller's environment is written to disk.
+    """
+    names = ("FIELDGUIDE_HOME", "BENTOML_HOME", "ZENML_CONFIG_PATH", "ZENML_REPOSITORY_PATH", "PYTHONPATH")
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
+def _supervise(program: Program, folder: Path, release_id: str = "", bento: str = "") -> Server:
+    supervisor = Supervisor(folder)
+    supervisor.add(program)
+    pid = supervisor.status(program.name).pid
+    return Server(pid, program.port, release_id, bento, program.log, program.name, str(folder))
+
+
 def start_gateway(port: int, upstream_file: Path, log_dir: Path) -> Server:
-    """Start the production gateway on `port` (forwarding to whatever upstream_file names)."""
+    """Start the production gateway on `port` under supervisord (forwarding to whatever upstream_file names)."""
     if port_in_use(port):
         raise FieldguideError(f"port {port} is already in use; stop what runs there (`python run.py stop`)")
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"gateway-{port}.log"
     cmd = [sys.executable, "-m", "fieldguide.serve.gateway", "--port", str(port), "--upstream-file", str(upstream_file)]
-    root = Path(__file__).resolve().parents[2]
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
-    server = Server(proc.pid, port, log=str(log))
-    wait_ready(server.url + "/_gateway", 30, proc)
+    server = _supervise(Program("gateway", cmd, port, stores_env(), str(log)), log_dir.parent)
+    wait_ready(server.url + "/_gateway", 30, supervised_by=Supervisor(log_dir.parent), program=server.program)
     return server
 
 
-def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    """Poll `url` until it answers 200."""
+def wait_ready(
+    url: str,
+    timeout_s: float,
+    proc: subprocess.Popen | None = None,
+    supervised_by: Supervisor | None = None,
+    program: str = "",
+) -> None:
+    """Poll `url` until it answers 200 (failing early when the process has exited or its program gave up)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise FieldguideError(f"server exited with code {proc.returncode} before {url} answered")
+        if supervised_by is not None and (state := supervised_by.status(program).state) in ("FATAL", "ABSENT"):
+            raise FieldguideError(f"supervised program {program} is {state} before {url} answered")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -166,6 +216,12 @@ def stop(server: Server | None, grace_s: float = 20.0) -> None:
     never keeps holding its port.
     """
     if server is None:
+        return
+    if server.program:
+        Supervisor(Path(server.supervisor)).remove(server.program)  # its shim takes the whole tree down
+        for pid in listeners(server.port):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         return
     tree = process_tree(server.pid)
     if alive(server.pid):
@@ -217,7 +273,11 @@ def health(server: Server | None, path: str = "/readyz") -> str:
     """'healthy', 'unhealthy (<status>)', 'down' or 'not running'."""
     if server is None:
         return "not running"
-    if not alive(server.pid):
+    if server.program:
+        state = Supervisor(Path(server.supervisor)).status(server.program).state
+        if state != "RUNNING":
+            return f"down ({state.lower()})"
+    elif not alive(server.pid):
         return "down"
     try:
         code = httpx.get(server.url + path, timeout=3).status_code
@@ -231,8 +291,9 @@ def switch_production(
 ) -> None:
     """Blue/green: gateway (started if needed) → `new`, then the old backend stops once drained."""
     upstream_file = folder / "upstream.json"
-    write_upstream(upstream_file, new.url, new.release)
-    if state.gateway is None or not alive(state.gateway.pid):
+    write_upstream(upstream_file, new.url, new.release, serving_config(new.release).max_bytes + FRAMING)
+    if health(state.gateway, "/_gateway") != "healthy":
+        stop(state.gateway)
         state.gateway = start_gateway(production_port, upstream_file, folder / "logs")
     state.gateway.release = new.release
     old = state.production
@@ -249,7 +310,7 @@ def switch_production(
 
 
 def status_rows(folder: Path) -> list[dict[str, str]]:
-    """Staging, production (gateway + backend) with release, port, pid and health."""
+    """Staging, production (gateway + backend) with release, port, pid, health and supervised restarts."""
     state = ServingState.load(folder)
     rows = []
     for role, server, path in (
@@ -257,15 +318,14 @@ def status_rows(folder: Path) -> list[dict[str, str]]:
         ("production (backend)", state.production, "/readyz"),
         ("staging", state.staging, "/readyz"),
     ):
-        rows.append(
-            {
-                "role": role,
-                "release": server.release if server else "",
-                "url": server.url if server else "",
-                "pid": str(server.pid) if server else "",
-                "health": health(server, path),
-            }
-        )
+        row = {"role": role, "release": "", "url": "", "pid": "", "health": health(server, path), "restarts": ""}
+        if server is not None:
+            row.update(release=server.release, url=server.url, pid=str(server.pid))
+        if server is not None and server.program:
+            program = Supervisor(Path(server.supervisor)).status(server.program)
+            row["pid"] = str(program.pid or "")
+            row["restarts"] = f"{program.restarts} (last at {program.last_start})" if program.restarts else "0"
+        rows.append(row)
     return rows
 
 
@@ -280,4 +340,8 @@ def stop_all(folder: Path) -> list[str]:
             stopped.append(f"{role} (pid {server.pid}, port {server.port})")
             setattr(state, role, None)
     state.save(folder)
+    supervisor = Supervisor(folder)
+    if supervisor.running():
+        supervisor.shutdown()  # and any program a crashed rollout left registered
+        stopped.append("supervisord")
     return stopped
