@@ -2,14 +2,15 @@
 
 Against the running production endpoint (after `make run`), on loopback: first the saturation rate (closed loop,
 --clients clients), then --seconds of open-loop valid requests at --load x that rate (bench/serve.py's load
-generator) plus malformed requests (the staging check's bad inputs) at --bad-rate. At 40% of the run the live
-backend is replaced blue/green (a fresh supervised server of the same release, the promotion's switch); at 70% the
-live `bentoml serve` parent is killed with SIGKILL and its supervisor restarts it. Every loop is bounded in count
-and time.
+generator) plus malformed requests (the staging check's bad inputs) at --bad-rate. At 10% of the run a promotion
+runs (`python run.py --pipeline deploy`: a new release of the production versions through staging, its checks
+and the blue/green switch); at 85% the live `bentoml serve` parent is killed with SIGKILL and its supervisor
+restarts it. Every loop is bounded in count and time.
 
 Prints requests sent, answers by status class, failures outside the kill window (a valid request not answered
-200, or a malformed one not answered 4xx), p50/p99 latency of the valid requests, and the resident memory of the
-gateway and the backend (each process tree) at start and end.
+200, or a malformed one not answered 4xx), p50/p99 latency of the valid requests, and resident memory (each
+process tree): the gateway at start and end, and the backend promoted at 10% from 30% of the run (warm) until
+just before the kill.
 
 Usage: python bench/soak.py [--seconds 300] [--load 0.7] [--bad-rate 2] [--clients 16]
 """
@@ -74,19 +75,18 @@ async def malformed(url: str, jpeg: bytes, rate: float, seconds: float, outcomes
             outcomes.append((scheduled, await send(client, url, request), name))
 
 
-def switch(folder: Path, production_port: int, events: dict[str, float]) -> None:
-    """Blue/green: a fresh supervised server of the live release, the gateway switched to it, the old one drained."""
-    from fieldguide.ports import free_port
-    from fieldguide.serve.servers import ServingState, start_bento, switch_production
-    from registry.lock import registry_lock
+def promote(events: dict[str, float]) -> None:
+    """A promotion through the deploy pipeline, as a user starts it."""
+    import subprocess
 
-    with registry_lock(what="soak switch"):
-        state = ServingState.load(folder)
-        live = state.production
-        events["switch_start"] = time.perf_counter()
-        green = start_bento(live.bento, live.release, free_port(), folder / "logs", 180, supervised=True)
-        switch_production(state, folder, green, production_port)
-        events["switch_end"] = time.perf_counter()
+    events["promotion_start"] = time.perf_counter()
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "--pipeline", "deploy"], cwd=ROOT, capture_output=True, text=True
+    )
+    events["promotion_end"] = time.perf_counter()
+    if res.returncode != 0:
+        print(f"promotion failed:\n{(res.stdout + res.stderr)[-3000:]}", flush=True)
+    events["promotion_ok"] = float(res.returncode == 0)
 
 
 def kill_backend(folder: Path, url: str, jpeg: bytes, events: dict[str, float]) -> None:
@@ -112,11 +112,14 @@ def kill_backend(folder: Path, url: str, jpeg: bytes, events: dict[str, float]) 
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        else:
+            print("production did not answer again within 60 s of the kill", flush=True)
+            return
     events["recovered"] = time.perf_counter()
 
 
 def main() -> None:
-    """Measure saturation, soak at a fraction of it with a switch and a crash, print the figures."""
+    """Measure saturation, soak at a fraction of it through a promotion and a crash, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=300, help="Length of the soak.")
     parser.add_argument("--load", type=float, default=0.7, help="Fraction of the saturation rate sent.")
@@ -142,16 +145,23 @@ def main() -> None:
     saturation = asyncio.run(saturate(url, images, args.clients, 10))["throughput"]
     rate = args.load * saturation
     print(f"saturation {saturation:.1f} req/s; soaking {args.seconds:g} s at {rate:.1f} req/s", flush=True)
-    mem_start = memory(folder)
+    mem: dict[str, dict[str, float]] = {"start": memory(folder)}
     valid: list[tuple[float, int, float]] = []
     bad: list[tuple[float, int, str]] = []
     events: dict[str, float] = {}
 
     def timeline() -> None:
         start = time.perf_counter()
-        time.sleep(0.4 * args.seconds)
-        switch(folder, cfg.production_port, events)
-        time.sleep(max(0.0, start + 0.7 * args.seconds - time.perf_counter()))
+
+        def at(fraction: float) -> None:
+            time.sleep(max(0.0, start + fraction * args.seconds - time.perf_counter()))
+
+        at(0.1)
+        promote(events)
+        at(0.3)
+        mem["warm"] = memory(folder)
+        at(0.85)
+        mem["before kill"] = memory(folder)
         kill_backend(folder, url, images[0], events)
 
     chaos = threading.Thread(target=timeline, daemon=True)
@@ -166,9 +176,10 @@ def main() -> None:
     asyncio.run(load())
     chaos.join(timeout=120)
     time.sleep(2)
-    mem_end = memory(folder)
+    mem["end"] = memory(folder)
 
-    window = (events.get("kill", float("inf")), events.get("recovered", float("inf")) + 2)
+    kill = events.get("kill", float("inf"))
+    window = (kill, events.get("recovered", kill + 60) + 2)  # unrecovered: the failures after 60 s count
     outside = [v for v in valid if v[1] != 200 and not window[0] <= v[0] <= window[1]]
     outside += [b for b in bad if not 400 <= b[1] < 500 and not window[0] <= b[0] <= window[1]]
     statuses = [s for _, s, _ in valid] + [s for _, s, _ in bad]
@@ -178,14 +189,20 @@ def main() -> None:
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     print(f"\nrequests sent: {len(statuses)} ({len(valid)} valid at {rate:.1f}/s, {len(bad)} malformed)")
     print("answers: " + ", ".join(f"{k} {v}" for k, v in classes.items()))
-    if "switch_end" in events:
-        print(f"blue/green switch took {events['switch_end'] - events['switch_start']:.1f} s")
-    print(f"kill window: {window[1] - 2 - window[0]:.1f} s until production answered again")
+    if "promotion_end" in events:
+        took = events["promotion_end"] - events["promotion_start"]
+        print(f"promotion ({'passed' if events['promotion_ok'] else 'FAILED'}) took {took:.1f} s")
+    if "recovered" in events:
+        print(f"kill window: {window[1] - 2 - window[0]:.1f} s until production answered again")
     print(f"failures outside the kill window: {len(outside)} {outside[:5]}")
     print(f"latency of valid requests: p50 {p50:.1f} ms, p99 {p99:.1f} ms, p99 ÷ p50 {p99 / p50:.2f}")
-    for role in mem_start:
-        a, b = mem_start[role], mem_end.get(role, float("nan"))
-        print(f"resident memory, {role}: {a:.0f} MiB → {b:.0f} MiB ({(b - a) / a * 100:+.1f}%)")
+    growth = [
+        ("gateway", "start", "end"),
+        ("backend", "warm", "before kill"),
+    ]
+    for role, first, last in growth:
+        a, b = mem.get(first, {}).get(role, float("nan")), mem.get(last, {}).get(role, float("nan"))
+        print(f"resident memory, {role}: {a:.0f} MiB ({first}) → {b:.0f} MiB ({last}), {(b - a) / a * 100:+.1f}%")
 
 
 if __name__ == "__main__":

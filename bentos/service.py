@@ -5,9 +5,10 @@ a bento built by the deploy pipeline pins its release (FIELDGUIDE_RELEASE=fieldg
 Preprocessing and the two-stage forward are fieldguide's own (fieldguide.serve.predictor), as in evaluation.
 
 HTTP: `POST /classify` is a BentoML API (multipart field `file`; `bentoml.SyncHTTPClient(url).classify(file=...)`
-calls it), `GET /release`, and BentoML's /healthz, /livez, /readyz, /metrics, /docs. Every request first goes
-through fieldguide.serve.edge.UploadEdge: a request id on every answer, the upload limit enforced while the body
-streams in, read timeouts, and a multipart check (so BentoML's parser never sees a body it would answer 500 to).
+calls it; its Swagger page is BentoML's `/`), `GET /release`, and BentoML's /healthz, /livez, /readyz, /metrics.
+Every request first goes through fieldguide.serve.edge.UploadEdge: a request id on every answer, the upload limit
+enforced while the body streams in, read timeouts, and a multipart check (so BentoML's parser never sees a body it
+would answer 500 to).
 The forward is a batched API of a dependent service; the batcher sheds load past FIELDGUIDE_MAX_LATENCY_MS.
 """
 
@@ -31,7 +32,8 @@ RELEASE = bentoml.models.BentoModel(os.environ.get("FIELDGUIDE_RELEASE", "fieldg
 MAX_LATENCY_MS = int(os.environ.get("FIELDGUIDE_MAX_LATENCY_MS", "1000"))
 FORWARD_ATTEMPTS = 3
 
-http = FastAPI(title="fieldguide release info")
+# Only GET /release; BentoML's own OpenAPI page (at /) documents /classify.
+http = FastAPI(title="fieldguide release info", docs_url=None, redoc_url=None, openapi_url=None)
 logger = logging.getLogger("fieldguide.service")
 
 

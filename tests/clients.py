@@ -19,7 +19,8 @@ class FloodResult:
     status: int  # 0 when no complete answer came
     body: bytes
     seconds: float  # from the first byte sent to the complete answer
-    sent: int  # bytes the client managed to send (kernel buffers included)
+    sent: int  # bytes the client managed to send before the answer (kernel buffers included)
+    after: int  # bytes it could still send in the second after the answer (the server stopped reading: few)
 
 
 def chunked_flood(port: int, total: int, timeout_s: float, path: str = "/classify") -> FloodResult:
@@ -45,7 +46,8 @@ def chunked_flood(port: int, total: int, timeout_s: float, path: str = "/classif
             except BlockingIOError:
                 pass
             if (status := _complete(got)) is not None:
-                return FloodResult(status, got.split(b"\r\n\r\n", 1)[1], time.monotonic() - start, sent)
+                seconds = time.monotonic() - start
+                return FloodResult(status, got.split(b"\r\n\r\n", 1)[1], seconds, sent, _keep_sending(sock, frame))
             if sent < total:
                 pending = pending or frame
                 try:
@@ -62,7 +64,20 @@ def chunked_flood(port: int, total: int, timeout_s: float, path: str = "/classif
     finally:
         sock.close()
     status = _complete(got)
-    return FloodResult(status or 0, got.split(b"\r\n\r\n", 1)[-1], time.monotonic() - start, sent)
+    return FloodResult(status or 0, got.split(b"\r\n\r\n", 1)[-1], time.monotonic() - start, sent, 0)
+
+
+def _keep_sending(sock: socket.socket, frame: bytes, seconds: float = 1.0) -> int:
+    """Bytes the peer still accepts within `seconds` (until it closes the connection or stops reading)."""
+    sent, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(frame)
+        except BlockingIOError:
+            time.sleep(0.005)
+        except OSError:
+            break
+    return sent
 
 
 def _complete(raw: bytes) -> int | None:

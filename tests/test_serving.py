@@ -360,7 +360,8 @@ def test_bentoml_client_and_curl_get_the_same_answer(production, url, images, tm
         )
         by_curl = json.loads(out.stdout)
     else:  # the same multipart POST without curl
-        by_curl = classify(httpx.Client(timeout=30), url, images[1]).json()
+        with httpx.Client(timeout=30) as client:
+            by_curl = classify(client, url, images[1]).json()
     keep = ("species", "group", "release", "versions")
     assert {k: served[k] for k in keep} == {k: by_curl[k] for k in keep}
     assert served["request_id"] != by_curl["request_id"]
@@ -390,8 +391,9 @@ def resident_mb(processes: list) -> float:
 def test_chunked_floods_are_refused_at_the_limit_without_buffering(production, configs, url, images):
     """Issue 14, acceptance 1: eight concurrent 512 MiB chunked uploads → 413 within 5 s, at most limit + 1 MiB read.
 
-    Four go to the production URL (refused by the gateway), four straight to the live BentoML server (refused by
-    the service's own edge), all from raw sockets that read while they send; memory barely moves.
+    The eight go to the production URL (the gateway refuses them) and two more straight to the live BentoML server
+    (its own edge refuses them), all from raw sockets that read while they send. After the 413 the server reads
+    no more: the connection is closed, so the client cannot push more than what its socket buffers take.
     """
     import json
 
@@ -406,19 +408,20 @@ def test_chunked_floods_are_refused_at_the_limit_without_buffering(production, c
     results: dict[int, object] = {}
 
     def flood(i: int) -> None:
-        results[i] = chunked_flood(production_port if i < 4 else backend, 512 * 2**20, timeout_s=30)
+        results[i] = chunked_flood(production_port if i < 8 else backend, 512 * 2**20, timeout_s=30)
 
-    threads = [threading.Thread(target=flood, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=flood, args=(i,)) for i in range(10)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert len(results) == 8
+    assert len(results) == 10
     for i, result in sorted(results.items()):
         assert result.status == 413 and result.seconds < 5, (i, result.status, result.seconds, result.body[:300])
         body = json.loads(result.body)
         assert body["reason"] == "too_large" and body["request_id"], body
         assert body["received"] <= body["limit"] + 2**20, body
+        assert result.sent + result.after < body["limit"] + 32 * 2**20, (i, result.sent, result.after)
     after = {role: resident_mb(procs) for role, procs in processes.items()}
     assert all(after[role] - before[role] < 50 for role in before), (before, after)
     with httpx.Client(timeout=30) as client:
@@ -452,6 +455,7 @@ def fragile_server(production, tmp_path):
     server = start_bento("bentos.service:Classifier", release_id, free_port(), tmp_path / "logs", 180)
     yield server, Path(release_folder(release_id))
     stop(server, grace_s=5)
+    bentoml.models.delete(f"fieldguide-release:{release_id}")
 
 
 def test_shed_load_is_503_with_retry_after_and_a_model_failure_is_500_with_its_request_id(fragile_server, images):

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from fieldguide.serve.edge import REQUEST_ID, Receive, Scope, Send, read_or_refuse, request_id, send_json
+from fieldguide.serve.edge import REQUEST_ID, Body, Receive, Scope, Send, read_or_refuse, request_id, send_json
 from fieldguide.serve.edge import tagging as tag_answers
 
 # The body limit when the upstream file does not name one (the release's upload limit plus framing does).
@@ -32,7 +32,7 @@ class Upstream:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._mtime = -1
+        self._stamp: tuple[int, int] = (-1, -1)
         self.url = ""
         self.release = ""
         self.max_body = DEFAULT_MAX_BODY
@@ -40,12 +40,13 @@ class Upstream:
     def current(self) -> str:
         """The URL to forward to now."""
         try:
-            mtime = self.path.stat().st_mtime_ns
+            stat = self.path.stat()
         except FileNotFoundError:
             return self.url
-        if mtime != self._mtime:
+        stamp = (stat.st_mtime_ns, stat.st_ino)  # each write_upstream is a new inode: no change goes unseen
+        if stamp != self._stamp:
             data = json.loads(self.path.read_text())
-            self.url, self.release, self._mtime = data["url"], data.get("release", ""), mtime
+            self.url, self.release, self._stamp = data["url"], data.get("release", ""), stamp
             self.max_body = int(data.get("max_body") or DEFAULT_MAX_BODY)
         return self.url
 
@@ -119,11 +120,8 @@ class Gateway:
                 headers.append((b"content-length", str(body.size).encode()))
             query = scope["query_string"].decode("latin-1")
             target = url + scope["path"] + (f"?{query}" if query else "")
-            request = self.client.build_request(
-                scope["method"], target, headers=headers, content=body.chunks() if body.size else None
-            )
             try:
-                response = await self.client.send(request, stream=True)
+                response = await self._send(scope["method"], target, headers, body)
             except httpx.ConnectError:
                 await send_json(send, 503, {"error": "no model server is up; retry shortly"}, RETRY_AFTER)
                 return
@@ -136,6 +134,19 @@ class Gateway:
             await self._relay(response, send)
         finally:
             body.close()
+
+    async def _send(self, method: str, target: str, headers: list, body: Body) -> httpx.Response:
+        """Send the spooled request; once more when a pooled connection turns out closed by the upstream."""
+        for attempt in (1, 2):
+            request = self.client.build_request(
+                method, target, headers=headers, content=body.chunks() if body.size else None
+            )
+            try:
+                return await self.client.send(request, stream=True)
+            except httpx.RemoteProtocolError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _relay(self, response: httpx.Response, send: Send) -> None:
         """Read the upstream's answer (small JSON) and send it back; a failure mid-answer is a 502."""
@@ -186,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=5,
         server_header=False,  # the upstream's own Server and Date headers pass through
         date_header=False,
+        limit_concurrency=512,  # connections beyond this get 503 instead of memory
     )
 
 

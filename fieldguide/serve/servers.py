@@ -27,6 +27,9 @@ from fieldguide.serve.gateway import write_upstream
 from fieldguide.serve.release import BENTO_NAME, RELEASE_MODEL, ServingConfig, read_release
 from fieldguide.serve.supervise import ROOT, Program, Supervisor
 
+# Set on every server process: the serving folder it belongs to (and the marker that it is ours to stop).
+SERVING_DIR_VAR = "FIELDGUIDE_SERVING_DIR"
+
 
 @dataclass
 class Server:
@@ -129,7 +132,7 @@ def start_bento(
     env = {
         **stores_env(),
         "FIELDGUIDE_RELEASE": f"{RELEASE_MODEL}:{release_id}",
-        "FIELDGUIDE_SERVING_DIR": str(log_dir.parent),
+        SERVING_DIR_VAR: str(log_dir.parent),
         "FIELDGUIDE_MAX_LATENCY_MS": str(serving_config(release_id).max_latency_ms),
     }
     cmd = [bentoml_bin(), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
@@ -180,7 +183,8 @@ def start_gateway(port: int, upstream_file: Path, log_dir: Path) -> Server:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"gateway-{port}.log"
     cmd = [sys.executable, "-m", "fieldguide.serve.gateway", "--port", str(port), "--upstream-file", str(upstream_file)]
-    server = _supervise(Program("gateway", cmd, port, stores_env(), str(log)), log_dir.parent)
+    env = {**stores_env(), SERVING_DIR_VAR: str(log_dir.parent)}
+    server = _supervise(Program("gateway", cmd, port, env, str(log)), log_dir.parent)
     wait_ready(server.url + "/_gateway", 30, supervised_by=Supervisor(log_dir.parent), program=server.program)
     return server
 
@@ -219,7 +223,7 @@ def stop(server: Server | None, grace_s: float = 20.0) -> None:
         return
     if server.program:
         Supervisor(Path(server.supervisor)).remove(server.program)  # its shim takes the whole tree down
-        for pid in listeners(server.port):
+        for pid in listeners(server.port, Path(server.supervisor)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return
@@ -235,7 +239,8 @@ def stop(server: Server | None, grace_s: float = 20.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGKILL)
             _reap(server.pid)
-    for pid in [*tree, *listeners(server.port)]:
+    orphans = listeners(server.port, Path(server.log).parent.parent) if server.log else []
+    for pid in [*tree, *orphans]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _reap(pid)
@@ -251,8 +256,12 @@ def process_tree(pid: int) -> list[int]:
         return []
 
 
-def listeners(port: int) -> list[int]:
-    """Processes (other than this one) listening on a loopback TCP port."""
+def listeners(port: int, serving_dir: Path) -> list[int]:
+    """Servers of `serving_dir` (other than this process) listening on a TCP port.
+
+    Only processes started for that serving folder count (their FIELDGUIDE_SERVING_DIR names it), so whatever
+    else took the port is never touched.
+    """
     import psutil
 
     pids = set()
@@ -261,7 +270,16 @@ def listeners(port: int) -> list[int]:
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
                 pids.add(conn.pid)
     pids.discard(os.getpid())
-    return sorted(pids)
+    return sorted(pid for pid in pids if _serves(pid, serving_dir))
+
+
+def _serves(pid: int, serving_dir: Path) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).environ().get(SERVING_DIR_VAR) == str(serving_dir)
+    except psutil.Error:
+        return False
 
 
 def _reap(pid: int) -> None:
@@ -287,9 +305,13 @@ def health(server: Server | None, path: str = "/readyz") -> str:
 
 
 def switch_production(
-    state: ServingState, folder: Path, new: Server, production_port: int, drain_s: float = 30
+    state: ServingState, folder: Path, new: Server, production_port: int, drain_s: float = 90
 ) -> None:
-    """Blue/green: gateway (started if needed) → `new`, then the old backend stops once drained."""
+    """Blue/green: gateway (started if needed) → `new`, then the old backend stops once drained.
+
+    Drained means the gateway counts no request on the old backend (each counted from its first byte to the last
+    byte of its answer); `drain_s` is longer than the longest request the gateway allows (60 s upstream timeout).
+    """
     upstream_file = folder / "upstream.json"
     write_upstream(upstream_file, new.url, new.release, serving_config(new.release).max_bytes + FRAMING)
     if health(state.gateway, "/_gateway") != "healthy":
@@ -297,14 +319,19 @@ def switch_production(
         state.gateway = start_gateway(production_port, upstream_file, folder / "logs")
     state.gateway.release = new.release
     old = state.production
-    deadline = time.monotonic() + drain_s
-    while time.monotonic() < deadline:
-        info = httpx.get(state.gateway.url + "/_gateway", timeout=5).json()
-        if info["upstream"] == new.url and (old is None or not info["in_flight"].get(old.url)):
-            break
-        time.sleep(0.1)
     state.production = new
     state.save(folder)
+    deadline, drained = time.monotonic() + drain_s, False
+    while not drained and time.monotonic() < deadline:
+        try:
+            info = httpx.get(state.gateway.url + "/_gateway", timeout=5).json()
+        except httpx.HTTPError:  # the gateway restarting: it comes back pointing at `new`
+            info = {}
+        drained = info.get("upstream") == new.url and (old is None or not info["in_flight"].get(old.url))
+        if not drained:
+            time.sleep(0.1)
+    if not drained:
+        print(f"warning: requests to {old.url if old else '-'} still in flight after {drain_s:.0f} s", flush=True)
     if old is not None and old.pid != new.pid:
         stop(old)
 

@@ -64,8 +64,9 @@ class Supervisor:
         self.programs = self.folder / "programs"
         self.pidfile = self.folder / "supervisord.pid"
         digest = hashlib.sha256(str(self.folder).encode()).hexdigest()[:16]
-        # Unix socket paths are limited to 107 bytes, so the socket lives in the temp dir under a hash of the folder.
-        self.socket = Path(tempfile.gettempdir()) / f"fieldguide-supervisor-{digest}.sock"
+        self.socket = self.folder / "supervisor.sock"
+        if len(str(self.socket)) > 100:  # unix socket paths are limited to 107 bytes
+            self.socket = Path(tempfile.gettempdir()) / f"fieldguide-supervisor-{os.getuid()}-{digest}.sock"
 
     def rpc(self) -> Any:
         """The XML-RPC interface (`supervisor` namespace)."""
@@ -153,8 +154,11 @@ class Supervisor:
             )
         )
         rpc = self.rpc()
-        rpc.reloadConfig()
-        rpc.addProcessGroup(program.name)
+        try:
+            rpc.reloadConfig()
+            rpc.addProcessGroup(program.name)
+        except (OSError, xmlrpc.client.Error) as exc:
+            raise FieldguideError(f"supervisord did not take program {program.name}: {exc}") from None
         deadline = time.monotonic() + timeout_s
         while (state := self.status(program.name).state) != "RUNNING":
             if state in ("FATAL", "EXITED", "ABSENT") or time.monotonic() > deadline:
@@ -256,23 +260,29 @@ def run(spec_path: Path) -> int:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     record = spec_path.with_suffix(".starts")
     record_start(record)
-    kill_pids(listeners(program.port))  # workers a SIGKILLed predecessor left listening
-    proc = subprocess.Popen(program.cmd, env={**os.environ, **program.env}, cwd=ROOT)
+    serving_dir = Path(program.env.get("FIELDGUIDE_SERVING_DIR", ""))
+    kill_pids(listeners(program.port, serving_dir))  # workers a SIGKILLed predecessor left listening
     stopping = False
+    proc: subprocess.Popen | None = None
 
     def on_term(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, on_term)  # before the command starts, so a stop never orphans it
     signal.signal(signal.SIGINT, on_term)
+    proc = subprocess.Popen(program.cmd, env={**os.environ, **program.env}, cwd=ROOT)
+    if stopping:
+        proc.terminate()
     me = psutil.Process()
     known: dict[int, psutil.Process] = {}  # psutil refuses to signal a pid reused by another process
     workers: set[int] = set()
     deadline = None
     while proc.poll() is None:
+        known = {p.pid: p for p in known.values() if p.is_running()}
         known.update({p.pid: p for p in me.children(recursive=True)})
         with contextlib.suppress(psutil.Error):
             now = {p.pid for p in psutil.Process(proc.pid).children()}
@@ -289,7 +299,7 @@ def run(spec_path: Path) -> int:
     for process in known.values():
         with contextlib.suppress(psutil.Error):
             process.kill()
-    kill_pids(listeners(program.port))
+    kill_pids(listeners(program.port, serving_dir))
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
