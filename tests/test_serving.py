@@ -454,7 +454,7 @@ def fragile_server(production, tmp_path):
         (Path(model.path) / RELEASE_FILE).write_text(json.dumps(data))
     server = start_bento("bentos.service:Classifier", release_id, free_port(), tmp_path / "logs", 180)
     yield server, Path(release_folder(release_id))
-    stop(server, grace_s=5)
+    stop(server)
     bentoml.models.delete(f"fieldguide-release:{release_id}")
 
 

@@ -25,7 +25,7 @@ from fieldguide.ports import port_in_use
 from fieldguide.serve.edge import FRAMING
 from fieldguide.serve.gateway import write_upstream
 from fieldguide.serve.release import BENTO_NAME, RELEASE_MODEL, ServingConfig, read_release
-from fieldguide.serve.supervise import ROOT, Program, Supervisor
+from fieldguide.serve.supervise import ROOT, STOP_GRACE_S, Program, Supervisor, terminate_tree
 
 # Set on every server process: the serving folder it belongs to (and the marker that it is ours to stop).
 SERVING_DIR_VAR = "FIELDGUIDE_SERVING_DIR"
@@ -212,8 +212,8 @@ def wait_ready(
     raise FieldguideError(f"{url} not ready after {timeout_s:.0f} s")
 
 
-def stop(server: Server | None, grace_s: float = 20.0) -> None:
-    """Stop a server: SIGTERM to its process group, then SIGKILL after `grace_s`.
+def stop(server: Server | None, grace_s: float = STOP_GRACE_S) -> None:
+    """Stop a server: SIGTERM to its process group and workers, then SIGKILL after `grace_s`.
 
     Its worker processes (BentoML starts them in their own process groups) and anything still listening on its
     port after that (workers that outlived a parent that died) are killed too, so a stopped or crashed server
@@ -231,6 +231,7 @@ def stop(server: Server | None, grace_s: float = 20.0) -> None:
     if alive(server.pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
+        terminate_tree(server.pid)  # its workers too, or `bentoml serve` waits ~60 s for them
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and alive(server.pid):
             _reap(server.pid)

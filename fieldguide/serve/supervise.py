@@ -32,6 +32,9 @@ from fieldguide.errors import FieldguideError
 
 ROOT = Path(__file__).resolve().parents[2]
 PR_SET_CHILD_SUBREAPER = 36
+# Seconds a stopping command gets before SIGKILL: the gateway has drained its requests before any stop, and
+# BentoML's HTTP worker can otherwise wait a minute on its closed model-service connection.
+STOP_GRACE_S = 5.0
 
 
 @dataclass
@@ -242,6 +245,19 @@ def record_start(path: Path, worker: bool = False) -> None:
     os.replace(tmp, path)
 
 
+def terminate_tree(pid: int, signum: int = signal.SIGTERM) -> None:
+    """Send `signum` to a process and every descendant (BentoML's workers sit in process groups of their own)."""
+    import psutil
+
+    try:
+        tree = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    except psutil.Error:
+        tree = [pid]
+    for member in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, signum)
+
+
 def kill_pids(pids: list[int]) -> None:
     """SIGKILL these processes."""
     for pid in pids:
@@ -268,9 +284,8 @@ def run(spec_path: Path) -> int:
     def on_term(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signum)
+        if proc is not None:  # the workers too: `bentoml serve` alone waits ~60 s for them to finish
+            terminate_tree(proc.pid, signum)
 
     signal.signal(signal.SIGTERM, on_term)  # before the command starts, so a stop never orphans it
     signal.signal(signal.SIGINT, on_term)
@@ -291,8 +306,11 @@ def run(spec_path: Path) -> int:
                     record_start(record, worker=True)
             workers = now
         if stopping and deadline is None:
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + STOP_GRACE_S
         if deadline is not None and time.monotonic() > deadline:
+            for process in known.values():
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
             proc.kill()
         time.sleep(0.2)
     known.update({p.pid: p for p in me.children(recursive=True)})
