@@ -179,6 +179,9 @@ def main() -> None:
     from run import _configure_environment
 
     _configure_environment()
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request would load the client's core
     import bentoml
 
     if args.release:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import random
 import signal
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +133,7 @@ def main() -> None:
     from run import _configure_environment
 
     _configure_environment()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request would load the client's core
     from pipelines.deploy_runs import deploy_config
     from registry.promotion import serving_dir
 
@@ -180,27 +183,40 @@ def main() -> None:
 
     kill = events.get("kill", float("inf"))
     window = (kill, events.get("recovered", kill + 60) + 2)  # unrecovered: the failures after 60 s count
-    outside = [v for v in valid if v[1] != 200 and not window[0] <= v[0] <= window[1]]
-    outside += [b for b in bad if not 400 <= b[1] < 500 and not window[0] <= b[0] <= window[1]]
+    promotion = (events.get("promotion_start", float("inf")), events.get("promotion_end", float("inf")))
+
+    def phase(t: float) -> str:
+        if window[0] <= t <= window[1]:
+            return "kill window"
+        return "during the promotion" if promotion[0] <= t <= promotion[1] else "steady"
+
+    failures = [(phase(t), s) for t, s, _ in valid if s != 200]
+    failures += [(phase(t), s) for t, s, _ in bad if not 400 <= s < 500]
     statuses = [s for _, s, _ in valid] + [s for _, s, _ in bad]
     classes = {f"{c}xx": sum(1 for s in statuses if s // 100 == c) for c in (2, 3, 4, 5)}
     classes["transport errors"] = sum(1 for s in statuses if s == 0)
-    latencies = [ms for _, s, ms in valid if s == 200]
-    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     print(f"\nrequests sent: {len(statuses)} ({len(valid)} valid at {rate:.1f}/s, {len(bad)} malformed)")
     print("answers: " + ", ".join(f"{k} {v}" for k, v in classes.items()))
     if "promotion_end" in events:
-        took = events["promotion_end"] - events["promotion_start"]
+        took = promotion[1] - promotion[0]
         print(f"promotion ({'passed' if events['promotion_ok'] else 'FAILED'}) took {took:.1f} s")
     if "recovered" in events:
         print(f"kill window: {window[1] - 2 - window[0]:.1f} s until production answered again")
-    print(f"failures outside the kill window: {len(outside)} {outside[:5]}")
-    print(f"latency of valid requests: p50 {p50:.1f} ms, p99 {p99:.1f} ms, p99 ÷ p50 {p99 / p50:.2f}")
-    growth = [
+    outside = [f for f in failures if f[0] != "kill window"]
+    print(f"failures outside the kill window: {len(outside)}")
+    for where in ("steady", "during the promotion", "kill window"):
+        codes = Counter(s for w, s in failures if w == where)
+        latencies = [ms for t, s, ms in valid if s == 200 and phase(t) == where]
+        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+        print(
+            f"  {where}: failures {sum(codes.values())} {dict(codes)}; valid answered in p50 {p50:.1f} ms, "
+            f"p99 {p99:.1f} ms, p99 ÷ p50 {p99 / p50:.2f} ({len(latencies)} answers)"
+        )
+    for role, first, last in (
         ("gateway", "start", "end"),
+        ("gateway", "warm", "end"),
         ("backend", "warm", "before kill"),
-    ]
-    for role, first, last in growth:
+    ):
         a, b = mem.get(first, {}).get(role, float("nan")), mem.get(last, {}).get(role, float("nan"))
         print(f"resident memory, {role}: {a:.0f} MiB ({first}) → {b:.0f} MiB ({last}), {(b - a) / a * 100:+.1f}%")
 

@@ -155,10 +155,12 @@ class Classifier:
         for attempt in range(FORWARD_ATTEMPTS):
             try:
                 return await call(x)
-            except aiohttp.ClientConnectionError:
+            except (aiohttp.ClientConnectionError, RuntimeError) as exc:
                 # BentoML 1.4.40's service-to-service client does not retry a pooled connection the model
-                # service has just closed; under concurrent load that surfaces as "Server disconnected".
-                if attempt == FORWARD_ATTEMPTS - 1:
+                # service has just closed; under load that surfaces as "Server disconnected" or aiohttp's
+                # RuntimeError("Connection closed.").
+                stale = not isinstance(exc, RuntimeError) or str(exc).startswith("Connection closed")
+                if not stale or attempt == FORWARD_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")

@@ -136,20 +136,23 @@ class Gateway:
             body.close()
 
     async def _send(self, method: str, target: str, headers: list, body: Body) -> httpx.Response:
-        """Send the spooled request; once more when a pooled connection turns out closed by the upstream."""
+        """Send the spooled request; once more when a pooled keep-alive connection turns out closed upstream."""
         for attempt in (1, 2):
             request = self.client.build_request(
                 method, target, headers=headers, content=body.chunks() if body.size else None
             )
             try:
                 return await self.client.send(request, stream=True)
-            except httpx.RemoteProtocolError:
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     async def _relay(self, response: httpx.Response, send: Send) -> None:
-        """Read the upstream's answer (small JSON) and send it back; a failure mid-answer is a 502."""
+        """Read the upstream's answer (small JSON) and send it back; a failure mid-answer is a 502.
+
+        BentoML answers 429 past its `max_concurrency`; that is shed load, so clients get the batcher's 503.
+        """
         skip = HOP_HEADERS | {"content-encoding"}
         out = [(k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in skip]
         try:
@@ -161,6 +164,10 @@ class Gateway:
             return
         finally:
             await response.aclose()
+        if response.status_code == 429:  # BentoML's concurrency cap shed it: the same answer as the batcher's
+            body = {"error": "the model service is overloaded; retry shortly", "reason": "overloaded"}
+            await send_json(send, 503, body, RETRY_AFTER)
+            return
         data = b"".join(chunks)
         out.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": response.status_code, "headers": out})
