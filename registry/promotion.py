@@ -1,4 +1,4 @@
-"""The one promotion routine: start staging → test → start production → switch → drain → record.
+"""The one promotion routine: start staging → test → start production → warm it up → switch → drain → record.
 
 The deploy pipeline runs its phases as steps (`start_staging`, `test_staging`, `promote_release`); `rollback`
 runs the same phases in one call, with the same budgets and checks, except the regression check against
@@ -22,6 +22,7 @@ from fieldguide.serve.servers import (
     start_bento,
     stop,
     switch_production,
+    warm_up,
 )
 from registry.lock import registry_lock
 
@@ -139,6 +140,7 @@ def promote(release: Release, report: StagingReport, cfg: DeployConfig, folder: 
         fail(release.id, f"the production server did not start: {exc}", folder, rollback)
         raise
     previous = production_release()
+    warm_up(green.url)
     switch_production(state, folder, green, cfg.production_port)
     stop(staging)
     state.staging = None
@@ -199,6 +201,7 @@ def serve_production(cfg: DeployConfig, folder: Path) -> str:
     bento = f"{BENTO_NAME}:{live.id}"
     server = start_bento(bento, live.id, free_port(), folder / "logs", cfg.start_timeout_s, supervised=True)
     state.production = None
+    warm_up(server.url)
     switch_production(state, folder, server, cfg.production_port)
     write_stage(folder, live.id, PRODUCTION)
     return f"http://127.0.0.1:{cfg.production_port}"

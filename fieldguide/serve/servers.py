@@ -305,6 +305,34 @@ def health(server: Server | None, path: str = "/readyz") -> str:
     return "healthy" if code == 200 else f"unhealthy ({code})"
 
 
+def warm_up(url: str, requests: int = 96, concurrency: int = 16, timeout_s: float = 60) -> None:
+    """Send concurrent /classify requests to a fresh server before it takes traffic.
+
+    A new BentoML server first fits its batcher's latency model and pays torch's first-call costs; served cold,
+    the first seconds of production traffic after a switch get shed (503). Answers are not checked here (the
+    staging checks did that); a synthetic photo costs the same forward as a real one.
+    """
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    photo = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(photo, "JPEG")
+    files = {"file": ("warm-up.jpg", photo.getvalue(), "image/jpeg")}
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=concurrency)) as client:
+
+        def one(_: int) -> None:
+            if time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    client.post(f"{url}/classify", files=files)
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(requests)))
+
+
 def switch_production(
     state: ServingState, folder: Path, new: Server, production_port: int, drain_s: float = 90
 ) -> None:
