@@ -25,10 +25,16 @@ from fieldguide.ports import port_in_use
 from fieldguide.serve.edge import FRAMING
 from fieldguide.serve.gateway import write_upstream
 from fieldguide.serve.release import BENTO_NAME, RELEASE_MODEL, ServingConfig, read_release
-from fieldguide.serve.supervise import ROOT, STOP_GRACE_S, Program, Supervisor, terminate_tree
-
-# Set on every server process: the serving folder it belongs to (and the marker that it is ours to stop).
-SERVING_DIR_VAR = "FIELDGUIDE_SERVING_DIR"
+from fieldguide.serve.supervise import (
+    ROOT,
+    SERVING_DIR_VAR,
+    STOP_GRACE_S,
+    Program,
+    Supervisor,
+    alive,
+    kill_pids,
+    terminate_tree,
+)
 
 
 @dataclass
@@ -100,15 +106,6 @@ def build_bento(root: Path, release_id: str) -> str:
     if tag not in res.stdout:
         raise FieldguideError(f"bentoml build did not report {tag}: {res.stdout.strip()[-500:]}")
     return tag
-
-
-def alive(pid: int) -> bool:
-    """Whether a process exists."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 def serving_config(release_id: str) -> ServingConfig:
@@ -223,9 +220,7 @@ def stop(server: Server | None, grace_s: float = STOP_GRACE_S) -> None:
         return
     if server.program:
         Supervisor(Path(server.supervisor)).remove(server.program)  # its shim takes the whole tree down
-        for pid in listeners(server.port, Path(server.supervisor)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_pids(listeners(server.port, Path(server.supervisor)))
         return
     tree = process_tree(server.pid)
     if alive(server.pid):

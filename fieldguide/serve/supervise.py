@@ -32,6 +32,8 @@ from fieldguide.errors import FieldguideError
 
 ROOT = Path(__file__).resolve().parents[2]
 PR_SET_CHILD_SUBREAPER = 36
+# Set on every server process: the serving folder it belongs to (and the marker that it is ours to stop).
+SERVING_DIR_VAR = "FIELDGUIDE_SERVING_DIR"
 # Seconds a stopping command gets before SIGKILL: the gateway has drained its requests before any stop, and
 # BentoML's HTTP worker can otherwise wait a minute on its closed model-service connection.
 STOP_GRACE_S = 5.0
@@ -200,9 +202,9 @@ class Supervisor:
         with contextlib.suppress(OSError, xmlrpc.client.Error):
             self.rpc().shutdown()
         deadline = time.monotonic() + timeout_s
-        while pid and _alive(pid) and time.monotonic() < deadline:
+        while pid and alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if pid and _alive(pid):
+        if pid and alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.socket.unlink(missing_ok=True)
@@ -213,13 +215,12 @@ def _escape(value: str) -> str:
     return value.replace("%", "%%")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process exists."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -276,7 +277,7 @@ def run(spec_path: Path) -> int:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     record = spec_path.with_suffix(".starts")
     record_start(record)
-    serving_dir = Path(program.env.get("FIELDGUIDE_SERVING_DIR", ""))
+    serving_dir = Path(program.env.get(SERVING_DIR_VAR, ""))
     kill_pids(listeners(program.port, serving_dir))  # workers a SIGKILLed predecessor left listening
     stopping = False
     proc: subprocess.Popen | None = None
