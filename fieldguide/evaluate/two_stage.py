@@ -10,7 +10,6 @@ import torch
 from fieldguide.data.loader import ShardDataset, make_loader
 from fieldguide.data.shards import ShardSet, flat_view
 from fieldguide.errors import FieldguideError
-from fieldguide.evaluate.metrics import top_k_accuracy
 from fieldguide.train.models import ModelBundle, eval_transform
 
 
@@ -90,21 +89,31 @@ def check_classes(router: ModelBundle, children: dict[str, ModelBundle], shard_s
             )
 
 
-def two_stage_table(
+@dataclass
+class TwoStageHits:
+    """Per test image: whether each prediction was right (for paired comparisons and bootstrap intervals)."""
+
+    router: np.ndarray  # router picked the true group
+    oracle_child: np.ndarray  # the true group's child picked the species
+    end_to_end: dict[int, np.ndarray]  # routing depth k → combined prediction right
+    flat: np.ndarray | None = None  # flat classifier right
+
+
+def two_stage_hits(
     router: ModelBundle,
     children: dict[str, ModelBundle],
     shard_set: ShardSet,
     ks: tuple[int, ...] = (1, 2, 3),
     flat: ModelBundle | None = None,
     strict: bool = True,
-) -> TwoStageTable:
-    """Router accuracy, oracle child accuracy and end-to-end accuracy for each routing k (and the flat baseline).
+) -> TwoStageHits:
+    """Which test images the router, the oracle child, the two-stage model at each k and the flat model get right.
 
     Args:
         router: the parent model.
         children: group → child model, for every group of the router.
         shard_set: the dataset whose test split is used.
-        ks: routing depths to report.
+        ks: routing depths (those above the number of groups are left out).
         flat: a flat classifier on all species, if one is compared.
         strict: refuse models whose classes differ from the dataset's (naming the model); when False (an older
             release measured on a newer dataset) classes the dataset lacks are never right and vice versa.
@@ -129,20 +138,37 @@ def two_stage_table(
     for g in range(len(groups)):
         sel = true_group == g
         oracle[np.ix_(sel, species_of[g])] = p_child[g][sel]
-    oracle_hits = (oracle.argmax(1) == labels) & (true_group >= 0)  # no child knows a group the router lacks
-    end_to_end = {
-        f"top1@k={k}": top_k_accuracy(labels, combine(p_group, p_child, species_of, len(species), k), 1)
-        for k in ks
-        if k <= len(groups)
-    }
-    flat_acc = None
-    if flat is not None:
-        p_flat, _ = _probs(flat, shard_set)
-        flat_acc = top_k_accuracy(labels, p_flat, 1)
+    return TwoStageHits(
+        router=p_group.argmax(1) == true_group,
+        oracle_child=(oracle.argmax(1) == labels) & (true_group >= 0),  # no child knows a group the router lacks
+        end_to_end={
+            k: combine(p_group, p_child, species_of, len(species), k).argmax(1) == labels
+            for k in ks
+            if k <= len(groups)
+        },
+        flat=None if flat is None else _probs(flat, shard_set)[0].argmax(1) == labels,
+    )
+
+
+def two_stage_table(
+    router: ModelBundle,
+    children: dict[str, ModelBundle],
+    shard_set: ShardSet,
+    ks: tuple[int, ...] = (1, 2, 3),
+    flat: ModelBundle | None = None,
+    strict: bool = True,
+) -> TwoStageTable:
+    """Router accuracy, oracle child accuracy and end-to-end accuracy for each routing k (and the flat baseline).
+
+    Arguments and errors as two_stage_hits.
+    """
+    hits = two_stage_hits(router, children, shard_set, ks, flat, strict)
+    n = len(hits.router)
+    mean = lambda right: float(right.mean()) if n else 0.0  # noqa: E731
     return TwoStageTable(
-        n=len(labels),
-        router_acc=top_k_accuracy(true_group, p_group, 1),
-        oracle_child_acc=float(oracle_hits.mean()) if len(labels) else 0.0,
-        end_to_end=end_to_end,
-        flat_acc=flat_acc,
+        n=n,
+        router_acc=mean(hits.router),
+        oracle_child_acc=mean(hits.oracle_child),
+        end_to_end={f"top1@k={k}": mean(right) for k, right in hits.end_to_end.items()},
+        flat_acc=None if hits.flat is None else mean(hits.flat),
     )

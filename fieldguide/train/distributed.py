@@ -43,7 +43,7 @@ def _worker(rank: int, world_size: int, backend: str, port: int, job: dict[str, 
         bundle, result = train_on_view(
             job["shard_set"], job["view"], params, job["name"],
             train_subset=job["train_subset"], val_subset=job["val_subset"], checkpoint=job["checkpoint"],
-            progress=rank == 0, rank=rank, world_size=world_size, wrap=wrap, device=device,
+            progress=rank == 0, rank=rank, world_size=world_size, wrap=wrap, device=device, init=job["init"],
         )  # fmt: skip
         if rank == 0:
             save_bundle(bundle, Path(out))
@@ -63,6 +63,7 @@ def train_distributed(
     train_subset: float = 1.0,
     val_subset: float = 1.0,
     checkpoint: Path | None = None,
+    init: ModelBundle | None = None,
 ) -> tuple[ModelBundle, FitResult]:
     """Train `world_size` DDP processes (spawned) and return rank 0's model and fit result.
 
@@ -77,6 +78,7 @@ def train_distributed(
         "train_subset": train_subset,
         "val_subset": val_subset,
         "checkpoint": checkpoint,
+        "init": init,
     }
     with tempfile.TemporaryDirectory(prefix="fieldguide-ddp-") as out:
         mp.start_processes(

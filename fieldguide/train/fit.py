@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -36,8 +37,12 @@ class FitResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python and torch RNGs."""
+    """Seed every RNG training draws from: python's (timm's crop/flip), numpy's and torch's (weights, jitter).
+
+    DataLoader workers derive their seeds from torch's RNG, so they follow; shard order has its own seeded RNG.
+    """
     random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
 
 
@@ -57,9 +62,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def checkpoint_file(root: Path, name: str, dataset_version: str, params: TrainParams) -> Path:
-    """Deterministic checkpoint path: same model, data and parameters → same file, so a rerun resumes."""
-    key = hashlib.sha256(json.dumps([name, dataset_version, asdict(params)], sort_keys=True).encode()).hexdigest()
+def checkpoint_file(
+    root: Path, name: str, dataset_version: str, params: TrainParams, init: dict[str, str] | None = None
+) -> Path:
+    """Deterministic checkpoint path: same model, data, parameters and start → same file, so a rerun resumes."""
+    parts: list[Any] = [name, dataset_version, asdict(params)] + ([init] if init else [])
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return root / f"{name}-{key[:16]}" / "last.pt"
 
 

@@ -11,14 +11,16 @@ import torch
 
 from fieldguide.data.loader import ShardDataset, make_loader
 from fieldguide.data.shards import ShardSet, View, child_view, flat_view, parent_view
+from fieldguide.errors import FieldguideError
 from fieldguide.keys import ModelKey
-from fieldguide.train.fit import FitResult, TrainParams, fit
+from fieldguide.train.fit import FitResult, TrainParams, fit, seed_everything
 from fieldguide.train.models import (
     ModelBundle,
     ModelMeta,
     create_model,
     data_config_for,
     eval_transform,
+    init_backbone,
     train_transform,
 )
 
@@ -59,20 +61,32 @@ def train_on_view(
     world_size: int = 1,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     device: torch.device | None = None,
+    init: ModelBundle | None = None,
 ) -> tuple[ModelBundle, FitResult]:
     """Create the timm model for `view`, train it on the train split and select it on the val split.
 
+    With `init` (a child starting from the router) the backbone starts from its weights and the head is fresh.
     With `params.gpus` > 1 (and no `wrap` yet) the work goes to fieldguide.train.distributed, one process per GPU.
+
+    Raises:
+        FieldguideError: when `init` is another architecture than `params.arch`.
     """
+    if init is not None and init.meta.arch != params.arch:
+        raise FieldguideError(
+            f"{name} cannot start from {init.meta.name}: it is {init.meta.arch}, {name} trains {params.arch} "
+            "(use the same arch, or `init: scratch` in the config)"
+        )
     if params.gpus > 1 and wrap is None:
         from fieldguide.train.distributed import train_distributed
 
         return train_distributed(
             shard_set, view, params, name, world_size=params.gpus, backend="nccl",
-            train_subset=train_subset, val_subset=val_subset, checkpoint=checkpoint,
+            train_subset=train_subset, val_subset=val_subset, checkpoint=checkpoint, init=init,
         )  # fmt: skip
-    torch.manual_seed(params.seed)  # the initial weights too: same seed, same data, same model
+    seed_everything(params.seed)  # the initial weights too: same seed, same data, same model
     model = create_model(params.arch, len(view.labels), params.pretrained_file, params.drop_rate)
+    if init is not None:
+        init_backbone(model, init.model.state_dict(), init.meta.name)
     dcfg = data_config_for(model, params.img_size)
     train_ds = ShardDataset(
         shard_set,

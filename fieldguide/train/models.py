@@ -31,6 +31,7 @@ class ModelMeta:
     group: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    init: dict[str, str] = field(default_factory=dict)  # where the weights started (fieldguide.fingerprint.Init)
 
 
 @dataclass
@@ -57,6 +58,30 @@ def create_model(arch: str, num_classes: int, pretrained_file: str = "", drop_ra
         if "Unknown model" in str(exc):
             raise FieldguideError(f"unknown timm architecture {arch!r} (see timm.list_models())") from None
         raise
+
+
+def init_backbone(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load another model's weights into `model` except its classifier head, which keeps its fresh init.
+
+    Used to start a child from the router: same architecture, a different head (groups vs species).
+
+    Raises:
+        FieldguideError: when the weights are not those of `model`'s architecture (naming `source`).
+    """
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    is_head = lambda key: any(key == h or key.startswith(f"{h}.") for h in heads)  # noqa: E731
+    backbone = {k: v for k, v in state.items() if not is_head(k)}
+    try:
+        result = model.load_state_dict(backbone, strict=False)
+    except RuntimeError as exc:
+        raise FieldguideError(f"cannot start from {source}: its weights do not fit this architecture ({exc})") from None
+    missing = [k for k in result.missing_keys if not is_head(k)]
+    if missing or result.unexpected_keys:
+        raise FieldguideError(
+            f"cannot start from {source}: another architecture "
+            f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
 
 
 def data_config_for(model: torch.nn.Module, img_size: int) -> dict[str, Any]:
