@@ -42,6 +42,7 @@ Examples:
   python run.py --stack local                        register and activate the local stack
   python run.py --pipeline data --catalog cat.csv    QA, version and shard a catalog
   python run.py --pipeline child --group succulents  train one child model
+  python run.py --pipeline all --catalog cat.csv     retrain what changed (unchanged models are skipped)
   python run.py data qa cat.csv --json               QA outside any pipeline
   python run.py models                               registry: versions, stages, approval, metrics
   python run.py approve router 3 --by alice          approve a pending version (rolls it out)
@@ -64,9 +65,10 @@ Examples:
 @click.option(
     "--config",
     "config",
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True),
     default=None,
-    help="Run config YAML (default: configs/<pipeline>.yaml).",
+    help="Run config YAML (default: configs/<pipeline>.yaml); with --pipeline all, a folder of them "
+    "(its parent.yaml, child.yaml, flat.yaml, release.yaml; configs/ for the rest).",
 )
 @click.option(
     "--stack",
@@ -85,6 +87,12 @@ Examples:
 )
 @click.option("--no-cache", is_flag=True, help="Run every step even when ZenML has cached outputs.")
 @click.option(
+    "--retrain",
+    "retrain",
+    default="",
+    help="With --pipeline all: comma-separated models to train even when unchanged (e.g. router,child-ferns).",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="With --stack sagemaker: print each step's instance type, image and settings; contacts nothing.",
@@ -99,10 +107,12 @@ def cli(
     catalog: str | None,
     dataset: str | None,
     no_cache: bool,
+    retrain: str,
     dry_run: bool,
 ) -> None:
     """fieldguide: raw image catalog → tested two-stage species classifier."""
     ctx.ensure_object(dict)
+
     if dry_run:
         from pipelines.runner import dry_run as plan_run
 
@@ -134,9 +144,15 @@ def cli(
             raise click.UsageError("--pipeline deploy takes --dataset VERSION, not --catalog")
         run_deploy(ROOT, config, dataset=resolve_dataset(ROOT, dataset, None) if dataset else None)
         return
+    from fieldguide.keys import ModelKey
     from pipelines.runner import run_pipeline
 
-    run_pipeline(ROOT, pipeline, group=group, config=config, catalog=catalog, no_cache=no_cache, dataset=dataset)
+    if retrain and pipeline != "all":
+        raise click.UsageError("--retrain is for --pipeline all (a pipeline named on its own always trains)")
+    names = tuple(ModelKey.parse(n.strip()).name for n in retrain.split(",") if n.strip())
+    run_pipeline(
+        ROOT, pipeline, group=group, config=config, catalog=catalog, no_cache=no_cache, dataset=dataset, retrain=names
+    )
 
 
 @cli.group()
@@ -288,7 +304,7 @@ def mlflow_ui(port: int, print_uri: bool) -> None:
 @cli.command()
 @click.option("--model", "model", default=None, help=f"Only this model ({NAMES_HELP}).")
 def models(model: str | None) -> None:
-    """List models and versions: stage, approval state, who decided, test metrics."""
+    """List models and versions: stage, approval state, who decided, test metrics, where the weights started."""
     from rich.console import Console
     from rich.table import Table
 
@@ -299,7 +315,7 @@ def models(model: str | None) -> None:
         click.echo("no model versions yet: run `python run.py --pipeline all` (or `make run`)")
         return
     table = Table(title="fieldguide models (ZenML Model Control Plane)")
-    columns = ("model", "version", "stage", "approval", "by", "top1", "macro_f1", "ece", "dataset", "note")
+    columns = ("model", "version", "stage", "approval", "by", "top1", "macro_f1", "ece", "dataset", "init", "note")
     for col in columns:
         table.add_column(col, justify="right" if col in ("top1", "macro_f1", "ece") else "left", overflow="fold")
     styles = {"approved": "green", "rejected": "red", "gate_failed": "red", "pending": "yellow"}

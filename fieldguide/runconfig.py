@@ -37,6 +37,9 @@ class ModelPipelineConfig:
     train: TrainParams = field(default_factory=TrainParams)
     # Quality gate a trained version must pass to be eligible for approval.
     gate: GateConfig = field(default_factory=GateConfig)
+    # Where the weights start: "router" (a child: the production or just-trained router's backbone, a fresh head),
+    # "scratch" (timm's init, or train.pretrained_file), or a weights file; empty: router for a child, else scratch.
+    init: str = ""
 
 
 @dataclass
@@ -120,6 +123,17 @@ def config_path(root: Path, pipeline: str, given: str | Path | None = None) -> P
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     return path
+
+
+def config_in(given: str | None, pipeline: str) -> str | None:
+    """The config of `pipeline` in a run given `--config`.
+
+    A file is used as is; a folder (`--pipeline all`) gives its <pipeline>.yaml, or None (configs/) where it has none.
+    """
+    if given and Path(given).is_dir():
+        found = Path(given) / f"{pipeline}.yaml"
+        return str(found) if found.is_file() else None
+    return given
 
 
 def load_run_config(

@@ -4,6 +4,7 @@ from typing import Any
 
 from zenml import pipeline
 
+from fieldguide.data.shards import LAYOUT
 from steps.data import build_shards, ingest_catalog, validate_images, version_dataset
 
 # Step ids in run order (cloud overlays are validated against them).
@@ -18,4 +19,4 @@ def data_pipeline(
     rows = ingest_catalog(catalog=catalog, taxonomy=taxonomy, fingerprint=fingerprint)
     valid_images, qa_report = validate_images(rows, rules=rules)
     manifest = version_dataset(valid_images, qa_report)
-    return build_shards(manifest, split=split, shards=shards)
+    return build_shards(manifest, split=split, shards=shards, layout=LAYOUT)

@@ -17,8 +17,11 @@ def flat_pipeline(
     gate: dict[str, Any],
     experiment_tracker: str = "",
     checkpoint_dir: str = "",
+    fingerprint: dict[str, Any] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> Any:
     """Train the flat species classifier."""
+    view = ModelKey.flat().view()
     return train_stage(
-        shard_set_id, ModelKey.flat().view(), train, tuning, trials, gate, experiment_tracker, checkpoint_dir
+        shard_set_id, view, train, tuning, trials, gate, experiment_tracker, checkpoint_dir, fingerprint or {}, init
     )

@@ -18,7 +18,11 @@ def parent_pipeline(
     gate: dict[str, Any],
     experiment_tracker: str = "",
     checkpoint_dir: str = "",
+    fingerprint: dict[str, Any] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> Any:
     """Train the router that picks a plant group."""
     view = ModelKey.router().view(per_group)
-    return train_stage(shard_set_id, view, train, tuning, trials, gate, experiment_tracker, checkpoint_dir)
+    return train_stage(
+        shard_set_id, view, train, tuning, trials, gate, experiment_tracker, checkpoint_dir, fingerprint or {}, init
+    )

@@ -11,8 +11,18 @@ from typing import Any
 
 from fieldguide.data.catalog import fingerprint, is_remote
 from fieldguide.errors import FieldguideError
+from fieldguide.fingerprint import (
+    FILE,
+    RETRAIN_VERDICT,
+    ROUTER,
+    SCRATCH,
+    Fingerprint,
+    Init,
+    file_sha256,
+    with_pin,
+)
 from fieldguide.keys import ModelKey
-from fieldguide.runconfig import RunConfig, deep_merge, load_run_config
+from fieldguide.runconfig import RunConfig, config_in, deep_merge, load_run_config
 from pipelines.training import step_ids
 
 
@@ -54,12 +64,22 @@ class Dataset:
     version: str
     # Its plant groups (one child model each).
     groups: list[str]
+    # The loaded `shard_set` (its small JSON), once.
+    loaded: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, artifact: Any) -> Dataset:
         """From a `shard_set` artifact version (reads its small JSON, not the shards)."""
         shard_set = artifact.load()
-        return cls(str(artifact.id), shard_set.dataset_version, list(shard_set.classes.groups))
+        return cls(str(artifact.id), shard_set.dataset_version, list(shard_set.classes.groups), shard_set)
+
+    def shard_set(self) -> Any:
+        """The fieldguide.data.shards.ShardSet (loaded on first use)."""
+        if self.loaded is None:
+            from zenml.client import Client
+
+            self.loaded = Client().get_artifact_version(self.shard_set_id).load()
+        return self.loaded
 
 
 def data_parameters(
@@ -101,7 +121,12 @@ def run_data(root: Path, config: str | None, catalog: str | None, no_cache: bool
 
 
 def resolve_dataset(
-    root: Path, dataset: str | None, catalog: str | None, no_cache: bool = False, quiet: bool = False
+    root: Path,
+    dataset: str | None,
+    catalog: str | None,
+    no_cache: bool = False,
+    quiet: bool = False,
+    data_config: str | None = None,
 ) -> Dataset:
     """The dataset a run uses, printed.
 
@@ -113,7 +138,7 @@ def resolve_dataset(
     if dataset and catalog:
         raise FieldguideError("give --dataset or --catalog, not both")
     if catalog:
-        run = run_data(root, None, catalog, no_cache)
+        run = run_data(root, data_config, catalog, no_cache)
         summarise_run(run)
         artifact, source = shard_set_of_run(run), f"catalog {catalog}"
     elif dataset:
@@ -130,10 +155,14 @@ def model_parameters(
     root: Path, key: ModelKey, config: str | None, cloud: str = ""
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A model pipeline's parameters (trials sampled up front) and ZenML's run config, the cloud overlay in."""
+    rc = load_run_config(root, key.pipeline, config, group=key.group, cloud=cloud)
+    params = _parameters(key, rc.params)
+    return params, zenml_options(rc, step_ids(len(params["trials"])))
+
+
+def _parameters(key: ModelKey, cfg: Any) -> dict[str, Any]:
     from fieldguide.train.tuning import sample_trials
 
-    rc = load_run_config(root, key.pipeline, config, group=key.group, cloud=cloud)
-    cfg = rc.params
     params: dict[str, Any] = {
         "train": dataclasses.asdict(cfg.train),
         "tuning": dataclasses.asdict(cfg.tuning),
@@ -146,7 +175,57 @@ def model_parameters(
         params["per_group"] = cfg.per_group
     if key.kind == "child":
         params["group"] = key.group
-    return params, zenml_options(rc, step_ids(len(params["trials"])))
+    return params
+
+
+def router_to_start_from(trained: str = "") -> tuple[Any | None, str]:
+    """The router version a child starts from, and a note when it is not the usual one.
+
+    `trained` (the router this run trained), else the production router, else the newest router nobody rejected
+    (a fresh install before any approval); (None, note) when there is none.
+    """
+    from registry.approvals import REJECTED
+    from registry.versions import approval_of, get_version, list_versions, production_version
+
+    if trained:
+        return get_version(trained), ""
+    production = production_version(ModelKey.router())
+    if production is not None:
+        return production, ""
+    usable = [v for v in list_versions(ModelKey.router()) if approval_of(v).get("state") != REJECTED]
+    return (usable[-1], "none in production yet: the newest") if usable else (None, "no router yet")
+
+
+def resolve_init(root: Path, key: ModelKey, rc: RunConfig[Any], train: dict[str, Any], router: str = "") -> Init:
+    """Where `key`'s weights start, from its config's `init` (a child's default: router_to_start_from(router)).
+
+    Raises:
+        FieldguideError: for `init: router` on a model that is not a child, or an init that is neither router,
+            scratch nor an existing weights file (a relative path is taken from the repository root).
+    """
+    mode = rc.params.init or (ROUTER if key.kind == "child" else SCRATCH)
+    pretrained = str(train.get("pretrained_file") or "")
+    scratch = Init(SCRATCH, file=pretrained, sha256=file_sha256(pretrained) if pretrained else "")
+    if mode == SCRATCH:
+        return scratch
+    if mode != ROUTER:
+        path = Path(mode).expanduser()
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise FieldguideError(
+                f"{rc.path}: init {mode!r} for {key.name} is not router, scratch or an existing weights file"
+            )
+        return Init(FILE, file=str(path), sha256=file_sha256(str(path)))
+    if key.kind != "child":
+        raise FieldguideError(f"{rc.path}: `init: router` is for children; {key.name} takes scratch or a weights file")
+    version, note = router_to_start_from(router)
+    if version is None:
+        return dataclasses.replace(scratch, note=note)
+    artifact = str(version.get_model_artifact("model").id)
+    arch = str(version.run_metadata.get("arch") or "")  # '' for versions from before it was recorded
+    return Init(
+        ROUTER, router=str(version.id), label=f"router v{version.number}", artifact=artifact, arch=arch, note=note
+    )
 
 
 def _options(zenml: dict[str, Any], no_cache: bool, key: ModelKey | None = None) -> dict[str, Any]:
@@ -161,15 +240,104 @@ def _options(zenml: dict[str, Any], no_cache: bool, key: ModelKey | None = None)
     return options
 
 
-def run_model(root: Path, key: ModelKey, config: str | None, no_cache: bool, dataset: Dataset) -> Any:
-    """Run the pipeline that trains `key` on a dataset; return the pipeline run."""
+@dataclass
+class ModelRun:
+    """One model pipeline run, prepared: its parameters, where its weights start, its fingerprint."""
+
+    # The model it trains.
+    key: ModelKey
+    # The pipeline's parameters (fingerprint and init included).
+    params: dict[str, Any]
+    # ZenML's run config (cloud overlay merged).
+    zenml: dict[str, Any]
+    # Where its weights start.
+    init: Init
+    # What it trains on, hashed.
+    fingerprint: Fingerprint
+
+    def check_start(self) -> None:
+        """Refuse, before any run, a child whose architectures (trained or tuned) differ from its router's.
+
+        Raises:
+            FieldguideError: naming both architectures.
+        """
+        archs = {self.params["train"]["arch"]} | {t["arch"] for t in self.params["trials"] if t.get("arch")}
+        if self.init.mode == ROUTER and self.init.arch and archs != {self.init.arch}:
+            raise FieldguideError(
+                f"{self.key.name} trains {', '.join(sorted(archs))} but {self.init.label} is {self.init.arch}: "
+                "use the router's arch (train.arch and tuning.space.arch), or `init: scratch` in the child config"
+            )
+
+
+def prepare_model(root: Path, key: ModelKey, config: str | None, dataset: Dataset, router: str = "") -> ModelRun:
+    """Parameters, start of the weights and fingerprint of training `key` on `dataset` (`router`: start from it)."""
+    rc = load_run_config(root, key.pipeline, config, group=key.group, cloud=active_cloud())
+    params = _parameters(key, rc.params)
+    zenml = zenml_options(rc, step_ids(len(params["trials"])))
+    init = resolve_init(root, key, rc, params["train"], router)
+    if init.mode == FILE:
+        params["train"]["pretrained_file"] = init.file
+    trained_on = {k: params[k] for k in ("train", "tuning", "trials")} | {"view": key.view(params.get("per_group", 0))}
+    fingerprint = Fingerprint.of(key, dataset.shard_set(), trained_on, init)
+    params.update(fingerprint=fingerprint.to_dict(), init=init.to_dict())
+    return ModelRun(key, params, zenml, init, fingerprint)
+
+
+def run_model(root: Path, key: ModelKey, config: str | None, no_cache: bool, dataset: Dataset, router: str = "") -> Any:
+    """Run the pipeline that trains `key` on a dataset (a child starting from `router` when given); return the run."""
+    return run_prepared(prepare_model(root, key, config, dataset, router), dataset, no_cache)
+
+
+def run_prepared(prepared: ModelRun, dataset: Dataset, no_cache: bool) -> Any:
+    """Run a prepared model pipeline, saying where its weights start; return the pipeline run."""
     from pipelines.child import child_pipeline
     from pipelines.flat import flat_pipeline
     from pipelines.parent import parent_pipeline
 
+    prepared.check_start()
+    key = prepared.key
     pipeline = {"router": parent_pipeline, "child": child_pipeline, "flat": flat_pipeline}[key.kind]
-    params, zenml = model_parameters(root, key, config, active_cloud())
-    return pipeline.with_options(**_options(zenml, no_cache, key))(shard_set_id=dataset.shard_set_id, **params)
+    note = f" ({prepared.init.note})" if prepared.init.note else ""
+    print(f"{key.name}: training, weights start from {prepared.init.describe()}{note}", flush=True)
+    options = _options(prepared.zenml, no_cache, key)
+    return pipeline.with_options(**options)(shard_set_id=dataset.shard_set_id, **prepared.params)
+
+
+def unchanged_version(prepared: ModelRun) -> Any | None:
+    """The newest version of the model when training would repeat it (same fingerprint), else None; prints why.
+
+    A monitoring verdict `retrain_recommended` on the production version retrains it unless a newer version exists.
+    """
+    from registry.versions import list_versions, production_version
+
+    key = prepared.key
+    versions = list_versions(key)
+    if not versions:
+        return None
+    newest = versions[-1]
+    recorded = dict(newest.run_metadata.get("fingerprint") or {})
+    candidate = prepared.fingerprint
+    if prepared.init.mode == ROUTER:  # a new router alone does not retrain a child: compare with its pinned one
+        candidate = candidate.started_from(with_pin(prepared.init, recorded))
+    reasons = candidate.changes_since(recorded)
+    production = production_version(key)
+    verdict = (production.run_metadata.get("monitoring") or {}).get("verdict") if production is not None else None
+    if verdict == RETRAIN_VERDICT and production.number >= newest.number:
+        reasons.append(f"monitoring recommends retraining production v{production.number}")
+    if reasons:
+        print(f"{key.name}: retraining, since v{newest.number}: {'; '.join(reasons)}", flush=True)
+        return None
+    print(
+        f"{key.name}: unchanged (fingerprint {recorded.get('digest', '')[:12]} = v{newest.number}'s: same data, "
+        f"config and start), not retrained",
+        flush=True,
+    )
+    return newest
+
+
+def model_config(config: str | None, pipeline: str, key: ModelKey) -> str | None:
+    """The config file of `key` in a `--pipeline` run: --config for the pipeline it names, or from a folder (all)."""
+    return config_in(config, key.pipeline) if pipeline in (key.pipeline, "all") else None
 
 
 def child_keys(group: str, dataset: Dataset) -> list[ModelKey]:
@@ -190,12 +358,21 @@ def run_pipeline(
     catalog: str | None,
     no_cache: bool,
     dataset: str | None = None,
+    retrain: tuple[str, ...] = (),
 ) -> dict[str, str]:
-    """Dispatch `--pipeline` to its runs; returns the model versions (name → id) they produced or matched."""
+    """Dispatch `--pipeline` to its runs; returns the model versions (name → id) they produced or matched.
+
+    `--pipeline all` skips a model whose fingerprint equals its newest version's unless `retrain` names it; a
+    pipeline named on its own always runs. Children start from the router trained in the same run, if any.
+    """
     from stacks import ensure_repository
 
     if pipeline == "child" and not group:
         raise FieldguideError("--pipeline child needs --group NAME (or --group all)")
+    if config and (pipeline == "all") != Path(config).is_dir():
+        raise FieldguideError(
+            f"--pipeline {pipeline} takes --config {'DIR' if pipeline == 'all' else 'FILE'}: {config}"
+        )
     ensure_repository(root)
     with pipeline_errors():
         if pipeline == "data":
@@ -208,26 +385,41 @@ def run_pipeline(
             print(f"dataset {Dataset.of(shard_set_of_run(run)).version}", flush=True)
             return {}
         if pipeline == "all" and not dataset:
-            catalog = catalog or load_run_config(root, "data").params.catalog or None
+            catalog = catalog or load_run_config(root, "data", config_in(config, "data")).params.catalog or None
             if catalog is None:
                 raise FieldguideError(
                     "--pipeline all needs --catalog PATH (or parameters.catalog in configs/data.yaml)"
                 )
-        ds = resolve_dataset(root, dataset, catalog, no_cache)
+        ds = resolve_dataset(root, dataset, catalog, no_cache, data_config=config_in(config, "data"))
         keys: list[ModelKey] = []
         if pipeline in ("parent", "all"):
             keys.append(ModelKey.router())
         if pipeline in ("child", "all"):
             keys += child_keys(group or "all", ds)
-        if pipeline == "flat" or (pipeline == "all" and release_config(root, None).compare_flat):
+        release_file = config_in(config, "release") if pipeline == "all" else None
+        if pipeline == "flat" or (pipeline == "all" and release_config(root, release_file).compare_flat):
             keys.append(ModelKey.flat())
-        produced = {}
+        unknown = sorted(set(retrain) - {k.name for k in keys})
+        if unknown:
+            raise FieldguideError(
+                f"--retrain {', '.join(unknown)}: not trained by this run ({', '.join(k.name for k in keys)})"
+            )
+        for key in keys:  # every config and init checked before the first run starts
+            prepare_model(root, key, model_config(config, pipeline, key), ds)
+        produced: dict[str, str] = {}
+        trained_router = ""
         for key in keys:
-            model_config = config if pipeline == key.pipeline else None
-            produced[key.name] = record_run(run_model(root, key, model_config, no_cache, ds))
+            prepared = prepare_model(root, key, model_config(config, pipeline, key), ds, trained_router)
+            same = unchanged_version(prepared) if pipeline == "all" and key.name not in retrain else None
+            if same is not None:
+                produced[key.name] = str(same.id)
+                continue
+            produced[key.name] = record_run(run_prepared(prepared, ds, no_cache))
+            if key.kind == "router":
+                trained_router = produced[key.name]
         if pipeline == "all":
             flat = produced.pop(ModelKey.flat().name, "")
-            run_release_eval(root, None, ds, produced, flat)
+            run_release_eval(root, release_file, ds, produced, flat)
         return produced
 
 
@@ -282,7 +474,7 @@ def record_run(run: Any) -> str:
     """Keep or drop a training run's model version, print one line; return the version id it produced or matched.
 
     A cached rerun with identical weights registers a duplicate version: it is deleted and the earlier one it
-    repeats is returned instead.
+    repeats is returned instead, taking the duplicate's fingerprint (`--pipeline all` then skips it).
     """
     from zenml.client import Client
 
@@ -295,7 +487,12 @@ def record_run(run: Any) -> str:
     line = f"run {run.name}: {run.status.value} ({len(run.steps)} steps)"
     if same_as:
         print(f"{line}; model unchanged (same weights as {name} {same_as}), no new version kept", flush=True)
-        return str(find_version(name, same_as).id)
+        kept = find_version(name, same_as)
+        if meta.get("fingerprint"):  # training with this fingerprint gives that version: skip it next time
+            from zenml import log_metadata
+
+            log_metadata(metadata={"fingerprint": meta["fingerprint"]}, model_version_id=kept.id)
+        return str(kept.id)
     approval = (meta.get("approval") or {}).get("state", "?")
     print(f"{line}; {name} v{version.number}: test_top1={meta.get('test_top1', 0):.3f} approval={approval}", flush=True)
     return str(version.id)
@@ -318,11 +515,14 @@ def dry_run(root: Path, pipeline: str, group: str | None, config: str | None, cl
 
     runs: list[tuple[str, str, list[str], dict[str, Any]]] = []
     if pipeline in ("data", "all"):
-        rc = load_run_config(root, "data", config if pipeline == "data" else None, cloud=cloud)
+        rc = load_run_config(
+            root, "data", config_in(config, "data") if pipeline in ("data", "all") else None, cloud=cloud
+        )
         runs.append(("data", "fieldguide_data", STEPS, zenml_options(rc, STEPS)))
     for name in ("parent", "flat", "child"):
         if pipeline == name or (pipeline == "all" and name != "flat"):
-            rc = load_run_config(root, name, config if pipeline == name else None, group=group or "", cloud=cloud)
+            given = config_in(config, name) if pipeline in (name, "all") else None
+            rc = load_run_config(root, name, given, group=group or "", cloud=cloud)
             steps = step_ids(rc.params.tuning.trials)
             runs.append((name, f"fieldguide_{name}", steps, zenml_options(rc, steps)))
     if not runs:

@@ -23,24 +23,43 @@ def train_stage(
     gate: dict[str, Any],
     experiment_tracker: str,
     checkpoint_dir: str,
+    fingerprint: dict[str, Any],
+    init: dict[str, Any] | None = None,
 ) -> Any:
-    """tune_trial_0..N-1 → select_best → train_model → evaluate_model → report_drift → register_model."""
+    """tune_trial_0..N-1 → select_best → train_model → evaluate_model → report_drift → register_model.
+
+    With `init` naming a router version (a child), the trials and the training start from its `model` artifact.
+    """
     shard_set = Client().get_artifact_version(shard_set_id)
+    start = {"init_model": Client().get_artifact_version(init["artifact"])} if init and init.get("artifact") else {}
     tracked = {"experiment_tracker": experiment_tracker} if experiment_tracker else {}
     nested = {"settings": {"experiment_tracker": {"nested": True}}} if experiment_tracker else {}
     results = [
         tune_trial.with_options(**tracked, **nested)(
-            shard_set=shard_set, view=view, train=train, tuning=tuning, index=i, trial=trial, id=f"tune_trial_{i}"
+            shard_set=shard_set,
+            view=view,
+            train=train,
+            tuning=tuning,
+            index=i,
+            trial=trial,
+            **start,
+            id=f"tune_trial_{i}",
         )
         for i, trial in enumerate(trials)
     ]
     _, best_params = select_best.with_options(**tracked)(trials=results)
     model, _ = train_model.with_options(**tracked)(
-        shard_set=shard_set, view=view, train=train, best_params=best_params, checkpoint_dir=checkpoint_dir
+        shard_set=shard_set,
+        view=view,
+        train=train,
+        best_params=best_params,
+        checkpoint_dir=checkpoint_dir,
+        init=init or {},
+        **start,
     )
     evaluation, reference, current = evaluate_model.with_options(**tracked)(
         shard_set=shard_set, model=model, view=view, gate=gate
     )
     _, _, drift_summary = report_drift.with_options(**tracked)(reference_features=reference, current_features=current)
-    register_model(evaluation=evaluation, drift_summary=drift_summary)
+    register_model(evaluation=evaluation, drift_summary=drift_summary, fingerprint=fingerprint, init=init or {})
     return model

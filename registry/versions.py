@@ -169,7 +169,9 @@ def production_model(model: str | ModelKey) -> tuple[Any | None, str]:
 
 
 def models_rows() -> list[dict[str, Any]]:
-    """One row per model version: stage, approval and key metrics (for `run.py models`)."""
+    """One row per model version: stage, approval, key metrics and where its weights started (`run.py models`)."""
+    from fieldguide.fingerprint import Init
+
     rows = []
     for name in model_names():
         for v in list_versions(name):
@@ -186,6 +188,7 @@ def models_rows() -> list[dict[str, Any]]:
                     "macro_f1": meta.get("test_macro_f1"),
                     "ece": meta.get("test_ece"),
                     "dataset": str(meta.get("dataset_version", ""))[:12],
+                    "init": Init.from_dict(meta["init"]).describe() if meta.get("init") else "",
                     "note": approval.get("note", ""),
                     "created": v.created.strftime("%Y-%m-%d %H:%M"),
                 }

@@ -21,16 +21,23 @@ ROOT = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="fieldguide-tests-"))
 
 
+def state_env(home: Path) -> dict[str, str]:
+    """Environment that puts every piece of state (ZenML store, artifacts, MLflow, BentoML) under `home`."""
+    (home / "no-repo").mkdir(parents=True, exist_ok=True)
+    return {
+        "FIELDGUIDE_HOME": str(home),
+        "ZENML_CONFIG_PATH": str(home / "zenml"),
+        # An empty folder: never the developer's .zen repository config.
+        "ZENML_REPOSITORY_PATH": str(home / "no-repo"),
+        "BENTOML_HOME": str(home / "bentoml"),
+    }
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Point ZenML/MLflow/BentoML at the session's temp dir before anything imports them."""
-    (_SESSION_HOME / "no-repo").mkdir(exist_ok=True)
     os.environ.update(
         {
-            "FIELDGUIDE_HOME": str(_SESSION_HOME),
-            "ZENML_CONFIG_PATH": str(_SESSION_HOME / "zenml"),
-            # An empty folder: the session never reads or writes the developer's .zen repository config.
-            "ZENML_REPOSITORY_PATH": str(_SESSION_HOME / "no-repo"),
-            "BENTOML_HOME": str(_SESSION_HOME / "bentoml"),
+            **state_env(_SESSION_HOME),
             "ZENML_ANALYTICS_OPT_IN": "false",
             "ZENML_ENABLE_RICH_TRACEBACK": "false",
             "BENTOML_DO_NOT_TRACK": "true",
@@ -201,14 +208,11 @@ def releases(shard_set_id, dataset) -> Releases:
     from pipelines.runner import run_model
     from registry.versions import get_version, load_model
 
-    runs = []
-    for key in release_members(dataset.groups):
+    good: dict[str, str] = {}
+    for key in release_members(dataset.groups):  # the router first: children start from it, whatever ran before
         config = ROOT / "tests/configs" / f"{key.pipeline}_serve.yaml"
-        runs.append(run_model(ROOT, key, str(config), False, dataset))
-    good = {}
-    for run in runs:
-        version = Client().get_pipeline_run(run.id).model_version
-        good[version.model.name] = str(version.id)
+        run = run_model(ROOT, key, str(config), False, dataset, router=good.get("router", ""))
+        good[key.name] = str(Client().get_pipeline_run(run.id).model_version.id)
     weak = dict(good)
     for name in ("child-ferns", "child-flowers"):
         weak[name] = register_copy(good[name], name, f"weak-{name}", change="swap")

@@ -26,6 +26,9 @@ from fieldguide.data.manifest import Manifest
 from fieldguide.errors import FieldguideError
 
 SPLITS = ("train", "val", "test")
+# What a shard set records: 2 added per-group row digests and the JPEG quality (model fingerprints). The data
+# pipeline passes it to its build_shards step, so shard sets cached from an older layout are rebuilt.
+LAYOUT = 2
 WHOLE = "whole"
 
 
@@ -78,6 +81,10 @@ class ShardSet:
     classes: ClassMaps
     store_size: int
     skipped: list[str] = field(default_factory=list)
+    # split → group → sha256 over its sorted "image sha256<TAB>species" rows: a model's data fingerprint.
+    digests: dict[str, dict[str, str]] = field(default_factory=dict)
+    # JPEG quality of the stored images (0: a shard set of layout 1, which did not record it).
+    jpeg_quality: int = 0
 
     def urls(self, split: str) -> list[str]:
         """Shard URLs of a split; `whole` is the union of train, val and test."""
@@ -134,6 +141,7 @@ def build_shards(
     shards: dict[str, list[str]] = {}
     counts: dict[str, dict[str, int]] = {}
     skipped: list[str] = []
+    digests: dict[str, dict[str, str]] = {}
     workers = shard_cfg.workers or os.cpu_count() or 1
     ctx = multiprocessing.get_context("forkserver")
     with (
@@ -147,6 +155,7 @@ def build_shards(
             pattern = str(out_dir / f"{split}-%05d.tar")
             names: list[str] = []
             counter: Counter[str] = Counter()
+            rows: dict[str, Any] = defaultdict(hashlib.sha256)
             with wds.ShardWriter(
                 pattern,
                 maxcount=shard_cfg.max_count,
@@ -170,8 +179,10 @@ def build_shards(
                         }
                     )
                     counter[img.label] += 1
+                    rows[img.group].update(f"{sha}\t{img.label}\n".encode())
             shards[split] = sorted(set(names) | {p.name for p in out_dir.glob(f"{split}-*.tar")})
             counts[split] = dict(sorted(counter.items()))
+            digests[split] = {group: h.hexdigest() for group, h in sorted(rows.items())}
     shard_set = ShardSet(
         location=str(out_dir),
         dataset_version=manifest.dataset_version,
@@ -180,6 +191,8 @@ def build_shards(
         classes=classes,
         store_size=shard_cfg.store_size,
         skipped=skipped,
+        digests=digests,
+        jpeg_quality=shard_cfg.jpeg_quality,
     )
     (out_dir / "classes.json").write_text(json.dumps(asdict(classes), indent=1))
     (out_dir / "shardset.json").write_text(json.dumps(shard_set.to_dict(), indent=1))

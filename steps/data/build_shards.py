@@ -15,8 +15,14 @@ from steps.materializers import ShardSetMaterializer
 
 
 @step(output_materializers=ShardSetMaterializer)
-def build_shards(manifest: Manifest, split: dict[str, Any], shards: dict[str, Any]) -> Annotated[ShardSet, "shard_set"]:
-    """Write shards straight into the artifact store when it is local, else via a temporary folder."""
+def build_shards(
+    manifest: Manifest, split: dict[str, Any], shards: dict[str, Any], layout: int = 1
+) -> Annotated[ShardSet, "shard_set"]:
+    """Write shards straight into the artifact store when it is local, else via a temporary folder.
+
+    `layout` (fieldguide.data.shards.LAYOUT) is part of the cache key: a shard set cached by an older layout is
+    rebuilt rather than reused without what the new one records.
+    """
     target = get_step_context().get_output_artifact_uri("shard_set")
     out = Path(tempfile.mkdtemp(prefix="fieldguide-shards-")) if is_remote(target) else Path(target)
     shard_set = pack_shards(

@@ -11,8 +11,13 @@ from registry.versions import same_weights_version
 
 
 @step(enable_cache=False)
-def register_model(evaluation: Evaluation, drift_summary: dict[str, Any]) -> None:
-    """Write metrics, gate and approval (pending, or not eligible) onto the pipeline's model version."""
+def register_model(
+    evaluation: Evaluation,
+    drift_summary: dict[str, Any],
+    fingerprint: dict[str, Any] | None = None,
+    init: dict[str, Any] | None = None,
+) -> None:
+    """Write metrics, gate, approval (pending, or not eligible), fingerprint and start onto the model version."""
     version = get_step_context().model
     same_as = same_weights_version(version.name, evaluation.weights_sha256, version.number)
     approval = initial_approval(evaluation.gate, same_as)
@@ -24,6 +29,8 @@ def register_model(evaluation: Evaluation, drift_summary: dict[str, Any]) -> Non
         "approval": approval,
         "drift": drift_summary,
         "mlflow_run_id": evaluation.mlflow_run_id,
+        "fingerprint": fingerprint or {},
+        "init": init or {"mode": "scratch"},
     }
     tracker = Client().active_stack.experiment_tracker
     if tracker is not None and evaluation.mlflow_run_id:

@@ -12,6 +12,7 @@ from zenml.enums import ArtifactType
 from fieldguide.config import from_dict
 from fieldguide.data.shards import ShardSet
 from fieldguide.evaluate.plots import training_curves
+from fieldguide.fingerprint import Init
 from fieldguide.keys import ModelKey
 from fieldguide.train.fit import TrainParams, checkpoint_file
 from fieldguide.train.job import TrainHistory, train_on_view, view_from_spec
@@ -36,17 +37,23 @@ def train_model(
     train: dict[str, Any],
     best_params: dict[str, Any],
     checkpoint_dir: str = "",
+    init: dict[str, Any] | None = None,
+    init_model: ModelBundle | None = None,
 ) -> tuple[
     Annotated[ModelBundle, ArtifactConfig(name="model", artifact_type=ArtifactType.MODEL)],
     Annotated[TrainHistory, "training_history"],
 ]:
-    """Train on the full train split with the tuned parameters; metrics per epoch go to MLflow."""
+    """Train on the full train split with the tuned parameters; metrics per epoch go to MLflow.
+
+    `init` says where the weights start (fieldguide.fingerprint.Init); `init_model` is the router it names, if any.
+    """
     params = apply_params(from_dict(TrainParams, train, "train"), best_params)
     name = ModelKey.from_view(view).name
-    ckpt = checkpoint_file(checkpoint_root(checkpoint_dir), name, shard_set.dataset_version, params)
-    print(f"checkpoints: {ckpt}")
+    start = Init.from_dict(init or {})
+    ckpt = checkpoint_file(checkpoint_root(checkpoint_dir), name, shard_set.dataset_version, params, start.pin())
+    print(f"checkpoints: {ckpt}; weights start from {start.describe()}")
     values = asdict(params)
-    log_params({"model": name, "dataset_version": shard_set.dataset_version, **values})
+    log_params({"model": name, "dataset_version": shard_set.dataset_version, "init": start.describe(), **values})
     bundle, result = train_on_view(
         shard_set,
         view_from_spec(shard_set, view),
@@ -54,7 +61,9 @@ def train_model(
         name,
         checkpoint=ckpt,
         on_epoch=lambda epoch, metrics: log_metrics(metrics, step=epoch),
+        init=init_model,
     )
+    bundle.meta.init = start.to_dict()
     if params.gpus > 1:  # DDP ranks run in their own processes: their epochs reach MLflow afterwards
         for epoch, metrics in enumerate(result.history):
             log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
@@ -68,5 +77,6 @@ def train_model(
             "resumed_from_epoch": result.resumed_from or 0,
         }
     )
+    log_metadata(metadata={"arch": bundle.meta.arch}, infer_model=True)  # a child starting from it must share it
     ckpt.unlink(missing_ok=True)
     return bundle, history
