@@ -12,11 +12,13 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fieldguide.data.shards import SPLITS, ShardSet
 from fieldguide.errors import FieldguideError
 from fieldguide.keys import ModelKey
+
+if TYPE_CHECKING:  # the registry CLI reads Init without loading torch (which shards' imports bring)
+    from fieldguide.data.shards import ShardSet
 
 ROUTER, SCRATCH, FILE = "router", "scratch", "file"
 # The monitoring verdict (production version metadata `monitoring.verdict`) that retrains a model regardless.
@@ -93,6 +95,8 @@ def view_data(key: ModelKey, shard_set: ShardSet) -> dict[str, Any] | None:
 
     None when the shard set predates row digests (such a model always trains).
     """
+    from fieldguide.data.shards import SPLITS
+
     classes = shard_set.classes
     if not shard_set.digests:
         return None
