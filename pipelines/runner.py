@@ -390,7 +390,8 @@ def run_pipeline(
                 raise FieldguideError(
                     "--pipeline all needs --catalog PATH (or parameters.catalog in configs/data.yaml)"
                 )
-        ds = resolve_dataset(root, dataset, catalog, no_cache, data_config=config_in(config, "data"))
+        data_config = config_in(config, "data") if pipeline == "all" else None  # else --config is the model's
+        ds = resolve_dataset(root, dataset, catalog, no_cache, data_config=data_config)
         keys: list[ModelKey] = []
         if pipeline in ("parent", "all"):
             keys.append(ModelKey.router())
