@@ -68,7 +68,7 @@ Examples:
     type=click.Path(exists=True),
     default=None,
     help="Run config YAML (default: configs/<pipeline>.yaml); with --pipeline all, a folder of them "
-    "(its parent.yaml, child.yaml, flat.yaml, release.yaml; configs/ for the rest).",
+    "(its data.yaml, parent.yaml, child.yaml, flat.yaml, release.yaml; configs/ for the rest).",
 )
 @click.option(
     "--stack",
@@ -112,7 +112,8 @@ def cli(
 ) -> None:
     """fieldguide: raw image catalog → tested two-stage species classifier."""
     ctx.ensure_object(dict)
-
+    if retrain and pipeline != "all":
+        raise click.UsageError("--retrain is for --pipeline all (a pipeline named on its own always trains)")
     if dry_run:
         from pipelines.runner import dry_run as plan_run
 
@@ -147,8 +148,6 @@ def cli(
     from fieldguide.keys import ModelKey
     from pipelines.runner import run_pipeline
 
-    if retrain and pipeline != "all":
-        raise click.UsageError("--retrain is for --pipeline all (a pipeline named on its own always trains)")
     names = tuple(ModelKey.parse(n.strip()).name for n in retrain.split(",") if n.strip())
     run_pipeline(
         ROOT, pipeline, group=group, config=config, catalog=catalog, no_cache=no_cache, dataset=dataset, retrain=names

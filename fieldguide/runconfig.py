@@ -37,8 +37,7 @@ class ModelPipelineConfig:
     train: TrainParams = field(default_factory=TrainParams)
     # Quality gate a trained version must pass to be eligible for approval.
     gate: GateConfig = field(default_factory=GateConfig)
-    # Where the weights start: "router" (a child: the production or just-trained router's backbone, a fresh head),
-    # "scratch" (timm's init, or train.pretrained_file), or a weights file; empty: router for a child, else scratch.
+    # Where the weights start: router (children's default), scratch (or train.pretrained_file), or a weights file.
     init: str = ""
 
 

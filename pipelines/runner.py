@@ -190,9 +190,13 @@ def router_to_start_from(trained: str = "") -> tuple[Any | None, str]:
     if trained:
         return get_version(trained), ""
     production = production_version(ModelKey.router())
-    if production is not None:
+    if production is not None and production.get_model_artifact("model") is not None:
         return production, ""
-    usable = [v for v in list_versions(ModelKey.router()) if approval_of(v).get("state") != REJECTED]
+    usable = [
+        v
+        for v in list_versions(ModelKey.router())
+        if approval_of(v).get("state") != REJECTED and v.get_model_artifact("model") is not None  # not a failed run
+    ]
     return (usable[-1], "none in production yet: the newest") if usable else (None, "no router yet")
 
 
@@ -205,7 +209,8 @@ def resolve_init(root: Path, key: ModelKey, rc: RunConfig[Any], train: dict[str,
     """
     mode = rc.params.init or (ROUTER if key.kind == "child" else SCRATCH)
     pretrained = str(train.get("pretrained_file") or "")
-    scratch = Init(SCRATCH, file=pretrained, sha256=file_sha256(pretrained) if pretrained else "")
+    local = bool(pretrained) and Path(pretrained).is_file()  # else a path inside the training container: by name
+    scratch = Init(SCRATCH, file=pretrained, sha256=file_sha256(pretrained) if local else "")
     if mode == SCRATCH:
         return scratch
     if mode != ROUTER:
@@ -270,7 +275,11 @@ class ModelRun:
 
 
 def prepare_model(root: Path, key: ModelKey, config: str | None, dataset: Dataset, router: str = "") -> ModelRun:
-    """Parameters, start of the weights and fingerprint of training `key` on `dataset` (`router`: start from it)."""
+    """Parameters, start of the weights and fingerprint of training `key` on `dataset` (`router`: start from it).
+
+    Raises:
+        FieldguideError: for a bad config or `init` (see resolve_init).
+    """
     rc = load_run_config(root, key.pipeline, config, group=key.group, cloud=active_cloud())
     params = _parameters(key, rc.params)
     zenml = zenml_options(rc, step_ids(len(params["trials"])))
@@ -303,10 +312,11 @@ def run_prepared(prepared: ModelRun, dataset: Dataset, no_cache: bool) -> Any:
     return pipeline.with_options(**options)(shard_set_id=dataset.shard_set_id, **prepared.params)
 
 
-def unchanged_version(prepared: ModelRun) -> Any | None:
-    """The newest version of the model when training would repeat it (same fingerprint), else None; prints why.
+def unchanged_version(prepared: ModelRun, dataset: Dataset) -> Any | None:
+    """The version training would repeat (same fingerprint; the newest such), else None; prints which or why not.
 
-    A monitoring verdict `retrain_recommended` on the production version retrains it unless a newer version exists.
+    A monitoring verdict `retrain_recommended` on the production version retrains it when no newer version exists
+    and the dataset is not the one it was trained on (the same data and seed would give the same weights).
     """
     from registry.versions import list_versions, production_version
 
@@ -315,24 +325,48 @@ def unchanged_version(prepared: ModelRun) -> Any | None:
     if not versions:
         return None
     newest = versions[-1]
-    recorded = dict(newest.run_metadata.get("fingerprint") or {})
-    candidate = prepared.fingerprint
-    if prepared.init.mode == ROUTER:  # a new router alone does not retrain a child: compare with its pinned one
-        candidate = candidate.started_from(with_pin(prepared.init, recorded))
-    reasons = candidate.changes_since(recorded)
+    reasons: list[str] = []
+    for version in reversed(versions):
+        recorded = dict(version.run_metadata.get("fingerprint") or {})
+        candidate = prepared.fingerprint
+        if prepared.init.mode == ROUTER:  # a new router alone does not retrain a child: compare with its pinned one
+            candidate = candidate.started_from(with_pin(prepared.init, recorded))
+        changes = candidate.changes_since(recorded)
+        if not changes:
+            same, digest = version, recorded.get("digest", "")
+            break
+        reasons = reasons or changes  # why the newest differs
+    else:
+        same, digest = None, ""
     production = production_version(key)
     verdict = (production.run_metadata.get("monitoring") or {}).get("verdict") if production is not None else None
-    if verdict == RETRAIN_VERDICT and production.number >= newest.number:
-        reasons.append(f"monitoring recommends retraining production v{production.number}")
-    if reasons:
+    if (
+        verdict == RETRAIN_VERDICT
+        and production.number >= newest.number
+        and production.run_metadata.get("dataset_version") != dataset.version
+    ):
+        same, reasons = None, [f"monitoring recommends retraining production v{production.number}"]
+    if same is None:
         print(f"{key.name}: retraining, since v{newest.number}: {'; '.join(reasons)}", flush=True)
         return None
     print(
-        f"{key.name}: unchanged (fingerprint {recorded.get('digest', '')[:12]} = v{newest.number}'s: same data, "
-        f"config and start), not retrained",
+        f"{key.name}: unchanged (fingerprint {digest[:12]} = v{same.number}'s: same data, config and start), "
+        "not retrained",
         flush=True,
     )
-    return newest
+    return same
+
+
+def check_config_arg(pipeline: str, config: str | None) -> None:
+    """Refuse `--config FILE` with `--pipeline all` (which takes a folder) and a folder with any other pipeline.
+
+    Raises:
+        FieldguideError: naming what the pipeline takes.
+    """
+    if config and (pipeline == "all") != Path(config).is_dir():
+        raise FieldguideError(
+            f"--pipeline {pipeline} takes --config {'DIR' if pipeline == 'all' else 'FILE'}: {config}"
+        )
 
 
 def model_config(config: str | None, pipeline: str, key: ModelKey) -> str | None:
@@ -369,10 +403,7 @@ def run_pipeline(
 
     if pipeline == "child" and not group:
         raise FieldguideError("--pipeline child needs --group NAME (or --group all)")
-    if config and (pipeline == "all") != Path(config).is_dir():
-        raise FieldguideError(
-            f"--pipeline {pipeline} takes --config {'DIR' if pipeline == 'all' else 'FILE'}: {config}"
-        )
+    check_config_arg(pipeline, config)
     ensure_repository(root)
     with pipeline_errors():
         if pipeline == "data":
@@ -405,16 +436,19 @@ def run_pipeline(
             raise FieldguideError(
                 f"--retrain {', '.join(unknown)}: not trained by this run ({', '.join(k.name for k in keys)})"
             )
-        for key in keys:  # every config and init checked before the first run starts
-            prepare_model(root, key, model_config(config, pipeline, key), ds)
         produced: dict[str, str] = {}
-        trained_router = ""
-        for key in keys:
-            prepared = prepare_model(root, key, model_config(config, pipeline, key), ds, trained_router)
-            same = unchanged_version(prepared) if pipeline == "all" and key.name not in retrain else None
+        to_train: list[ModelKey] = []
+        for key in keys:  # every config, init and skip decided before the first run starts
+            prepared = prepare_model(root, key, model_config(config, pipeline, key), ds)
+            same = unchanged_version(prepared, ds) if pipeline == "all" and key.name not in retrain else None
             if same is not None:
                 produced[key.name] = str(same.id)
-                continue
+            else:
+                prepared.check_start()
+                to_train.append(key)
+        trained_router = ""
+        for key in to_train:
+            prepared = prepare_model(root, key, model_config(config, pipeline, key), ds, trained_router)
             produced[key.name] = record_run(run_prepared(prepared, ds, no_cache))
             if key.kind == "router":
                 trained_router = produced[key.name]
@@ -514,11 +548,10 @@ def dry_run(root: Path, pipeline: str, group: str | None, config: str | None, cl
     from pipelines.data import STEPS
     from stacks.overlays import plan
 
+    check_config_arg(pipeline, config)
     runs: list[tuple[str, str, list[str], dict[str, Any]]] = []
     if pipeline in ("data", "all"):
-        rc = load_run_config(
-            root, "data", config_in(config, "data") if pipeline in ("data", "all") else None, cloud=cloud
-        )
+        rc = load_run_config(root, "data", config_in(config, "data"), cloud=cloud)
         runs.append(("data", "fieldguide_data", STEPS, zenml_options(rc, STEPS)))
     for name in ("parent", "flat", "child"):
         if pipeline == name or (pipeline == "all" and name != "flat"):
