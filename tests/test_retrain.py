@@ -18,7 +18,7 @@ from fieldguide.fingerprint import ROUTER, SCRATCH, Fingerprint, Init, with_pin
 from fieldguide.keys import ModelKey
 from fieldguide.train.fit import TrainParams
 from fieldguide.train.job import train_on_view
-from fieldguide.train.models import create_model, init_backbone
+from fieldguide.train.models import ModelBundle, ModelMeta, create_model, init_backbone
 from tests.conftest import ROOT, run_cli, state_env
 
 TINY = ROOT / "tests" / "configs" / "tiny"
@@ -86,18 +86,19 @@ def test_fingerprints_follow_each_models_own_data():
 
 def test_init_backbone_keeps_a_fresh_head_and_refuses_another_arch():
     torch.manual_seed(1)
-    router = create_model("mobilenetv3_small_050", 4)
+    arch = "mobilenetv3_small_050"
+    router = ModelBundle(create_model(arch, 4), ModelMeta("router", arch, 4, list("abcd"), {}, "ds-test"))
     torch.manual_seed(2)
-    child = create_model("mobilenetv3_small_050", 3)
+    child = create_model(arch, 3)
     head = {k: v.clone() for k, v in child.get_classifier().state_dict().items()}
-    init_backbone(child, router.state_dict(), "router v1")
+    init_backbone(child, router, "child-ferns")
     for name, value in child.state_dict().items():
         if name.startswith("classifier."):
             assert torch.equal(value, head[name.removeprefix("classifier.")])
         else:
-            assert torch.equal(value, router.state_dict()[name]), name
-    with pytest.raises(FieldguideError, match="cannot start from router v1"):
-        init_backbone(create_model("mobilenetv3_small_100", 3), router.state_dict(), "router v1")
+            assert torch.equal(value, router.model.state_dict()[name]), name
+    with pytest.raises(FieldguideError, match="child-ferns cannot start from router: it is mobilenetv3_small_050"):
+        init_backbone(create_model("mobilenetv3_small_100", 3), router, "child-ferns")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import torch
 
 from fieldguide.data.loader import ShardDataset, make_loader
 from fieldguide.data.shards import ShardSet, View, child_view, flat_view, parent_view
-from fieldguide.errors import FieldguideError
 from fieldguide.keys import ModelKey
 from fieldguide.train.fit import FitResult, TrainParams, fit, seed_everything
 from fieldguide.train.models import (
@@ -71,11 +70,6 @@ def train_on_view(
     Raises:
         FieldguideError: when `init` is another architecture than `params.arch`.
     """
-    if init is not None and init.meta.arch != params.arch:
-        raise FieldguideError(
-            f"{name} cannot start from {init.meta.name}: it is {init.meta.arch}, {name} trains {params.arch} "
-            "(use the same arch, or `init: scratch` in the config)"
-        )
     if params.gpus > 1 and wrap is None:
         from fieldguide.train.distributed import train_distributed
 
@@ -86,7 +80,7 @@ def train_on_view(
     seed_everything(params.seed)  # the initial weights too: same seed, same data, same model
     model = create_model(params.arch, len(view.labels), params.pretrained_file, params.drop_rate)
     if init is not None:
-        init_backbone(model, init.model.state_dict(), init.meta.name)
+        init_backbone(model, init, name)
     dcfg = data_config_for(model, params.img_size)
     train_ds = ShardDataset(
         shard_set,

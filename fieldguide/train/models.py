@@ -60,28 +60,30 @@ def create_model(arch: str, num_classes: int, pretrained_file: str = "", drop_ra
         raise
 
 
-def init_backbone(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load another model's weights into `model` except its classifier head, which keeps its fresh init.
+def init_backbone(model: torch.nn.Module, start: ModelBundle, name: str) -> None:
+    """Load another trained model's weights into `model` (`name`) except the classifier head, which stays fresh.
 
     Used to start a child from the router: same architecture, a different head (groups vs species).
 
     Raises:
-        FieldguideError: when the weights are not those of `model`'s architecture (naming `source`).
+        FieldguideError: when `start` is another architecture, naming both.
     """
+    arch = model.pretrained_cfg.get("architecture")
     heads = model.pretrained_cfg.get("classifier") or ()
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
     is_head = lambda key: any(key == h or key.startswith(f"{h}.") for h in heads)  # noqa: E731
-    backbone = {k: v for k, v in state.items() if not is_head(k)}
+    refused = FieldguideError(
+        f"{name} cannot start from {start.meta.name}: it is {start.meta.arch}, {name} trains {arch} "
+        "(use the same arch, or `init: scratch` in the config)"
+    )
+    if start.meta.arch != arch:
+        raise refused
     try:
-        result = model.load_state_dict(backbone, strict=False)
-    except RuntimeError as exc:
-        raise FieldguideError(f"cannot start from {source}: its weights do not fit this architecture ({exc})") from None
-    missing = [k for k in result.missing_keys if not is_head(k)]
-    if missing or result.unexpected_keys:
-        raise FieldguideError(
-            f"cannot start from {source}: another architecture "
-            f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
-        )
+        result = model.load_state_dict({k: v for k, v in start.model.state_dict().items() if not is_head(k)}, False)
+    except RuntimeError:  # same name, other shapes (a variant built with other arguments)
+        raise refused from None
+    if [k for k in result.missing_keys if not is_head(k)] or result.unexpected_keys:
+        raise refused
 
 
 def data_config_for(model: torch.nn.Module, img_size: int) -> dict[str, Any]:
