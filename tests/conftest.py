@@ -172,12 +172,13 @@ def two_stage(versions: dict[str, str], shard_set_id: str, route_k: int = 2) -> 
     """The two-stage table of model versions (name → id) on a shard set's test split, in process."""
     from zenml.client import Client
 
-    from fieldguide.evaluate.two_stage import two_stage_table
+    from fieldguide.evaluate.two_stage import TwoStageTable, two_stage_hits
     from registry.versions import get_version, load_model
 
     bundles = {name: load_model(get_version(vid)) for name, vid in versions.items()}
     children = {name.removeprefix("child-"): b for name, b in bundles.items() if name != "router"}
-    return two_stage_table(bundles["router"], children, Client().get_artifact_version(shard_set_id).load(), (route_k,))
+    shard_set = Client().get_artifact_version(shard_set_id).load()
+    return TwoStageTable.of(two_stage_hits(bundles["router"], children, shard_set, (route_k,)))
 
 
 def end_to_end(table: TwoStageTable) -> float:

@@ -47,6 +47,19 @@ class TwoStageTable:
     flat_acc: float | None = None  # flat classifier of the same backbone on all species, when one is trained
     versions: dict[str, str] = field(default_factory=dict)  # model name → version
 
+    @classmethod
+    def of(cls, hits: TwoStageHits) -> TwoStageTable:
+        """The accuracies of two_stage_hits' per-image hits."""
+        n = len(hits.router)
+        mean = lambda right: float(right.mean()) if n else 0.0  # noqa: E731
+        return cls(
+            n=n,
+            router_acc=mean(hits.router),
+            oracle_child_acc=mean(hits.oracle_child),
+            end_to_end={f"top1@k={k}": mean(right) for k, right in hits.end_to_end.items()},
+            flat_acc=None if hits.flat is None else mean(hits.flat),
+        )
+
     def rows(self) -> list[tuple[str, float]]:
         """(measure, value) rows for printing."""
         rows = [("router accuracy (group)", self.router_acc)]
@@ -147,28 +160,4 @@ def two_stage_hits(
             if k <= len(groups)
         },
         flat=None if flat is None else _probs(flat, shard_set)[0].argmax(1) == labels,
-    )
-
-
-def two_stage_table(
-    router: ModelBundle,
-    children: dict[str, ModelBundle],
-    shard_set: ShardSet,
-    ks: tuple[int, ...] = (1, 2, 3),
-    flat: ModelBundle | None = None,
-    strict: bool = True,
-) -> TwoStageTable:
-    """Router accuracy, oracle child accuracy and end-to-end accuracy for each routing k (and the flat baseline).
-
-    Arguments and errors as two_stage_hits.
-    """
-    hits = two_stage_hits(router, children, shard_set, ks, flat, strict)
-    n = len(hits.router)
-    mean = lambda right: float(right.mean()) if n else 0.0  # noqa: E731
-    return TwoStageTable(
-        n=n,
-        router_acc=mean(hits.router),
-        oracle_child_acc=mean(hits.oracle_child),
-        end_to_end={f"top1@k={k}": mean(right) for k, right in hits.end_to_end.items()},
-        flat_acc=None if hits.flat is None else mean(hits.flat),
     )

@@ -18,7 +18,7 @@ from sklearn.metrics import f1_score
 
 from fieldguide.data.loader import iter_tar_samples
 from fieldguide.data.shards import ShardSet
-from fieldguide.evaluate.two_stage import two_stage_table
+from fieldguide.evaluate.two_stage import TwoStageTable, two_stage_hits
 from fieldguide.keys import ModelKey
 from fieldguide.runconfig import DeployConfig
 from fieldguide.serve.predictor import TwoStagePredictor
@@ -83,7 +83,7 @@ def production_reference(production: Release, folder: Path, shard_set: ShardSet)
     router = load_bundle(folder / ModelKey.router().name)
     children = {g: load_bundle(folder / ModelKey.child(g).name) for g in router.meta.classes}
     k = min(production.serving.route_k, len(children))
-    table = two_stage_table(router, children, shard_set, (k,), strict=False)
+    table = TwoStageTable.of(two_stage_hits(router, children, shard_set, (k,), strict=False))
     print(f"production {production.id} evaluated in process on dataset {shard_set.dataset_version[:12]}")
     return production.id, next(iter(table.end_to_end.values()))
 

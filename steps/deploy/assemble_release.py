@@ -7,7 +7,7 @@ from zenml import step
 
 from fieldguide.config import from_dict
 from fieldguide.data.shards import ShardSet
-from fieldguide.evaluate.two_stage import two_stage_table
+from fieldguide.evaluate.two_stage import TwoStageTable, two_stage_hits
 from fieldguide.keys import ModelKey, release_members
 from fieldguide.runconfig import DeployConfig
 from fieldguide.serve.predictor import save_release_model
@@ -30,7 +30,7 @@ def assemble_release(
         key.group: bundles[key.name] for key in release_members(groups) if key.kind == "child" and key.name in bundles
     }
     route_k = min(config.route_k, len(groups))  # the served routing depth (the predictor clamps it too)
-    table = two_stage_table(bundles[ModelKey.router().name], children, shard_set, (route_k,))
+    table = TwoStageTable.of(two_stage_hits(bundles[ModelKey.router().name], children, shard_set, (route_k,)))
     release = Release(
         id=release_id,
         versions={name: f"v{version.number}" for name, version in loaded.items()},

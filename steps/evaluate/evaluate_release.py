@@ -5,7 +5,7 @@ from typing import Annotated
 from zenml import log_metadata, step
 
 from fieldguide.data.shards import ShardSet
-from fieldguide.evaluate.two_stage import TwoStageTable, two_stage_table
+from fieldguide.evaluate.two_stage import TwoStageTable, two_stage_hits
 from fieldguide.keys import ModelKey
 from registry.versions import get_version, load_model
 from steps.materializers import TwoStageTableMaterializer
@@ -27,7 +27,7 @@ def evaluate_release(
     bundles = {key: load_model(version) for key, version in loaded.items()}
     children = {key.group: bundle for key, bundle in bundles.items() if key.kind == "child"}
     flat = load_model(get_version(flat_version)) if flat_version else None
-    table = two_stage_table(bundles[ModelKey.router()], children, shard_set, tuple(ks), flat)
+    table = TwoStageTable.of(two_stage_hits(bundles[ModelKey.router()], children, shard_set, tuple(ks), flat))
     table.versions = {key.name: f"v{version.number}" for key, version in loaded.items()}
     record = {name: round(value, 4) for name, value in table.rows()} | {"versions": table.versions}
     for version in loaded.values():
