@@ -38,11 +38,8 @@ def file_sha256(path: str) -> str:
     """
     if not Path(path).is_file():
         raise FieldguideError(f"weights file not found: {path}")
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)

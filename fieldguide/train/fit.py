@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import os
 import random
 import time
@@ -23,6 +21,7 @@ from timm.utils import dispatch_clip_grad
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fieldguide.fingerprint import digest
 from fieldguide.train.params import TrainParams
 
 
@@ -66,8 +65,7 @@ def checkpoint_file(
     root: Path, name: str, dataset_version: str, params: TrainParams, init: dict[str, str] | None = None
 ) -> Path:
     """Deterministic checkpoint path: same model, data, parameters and start → same file, so a rerun resumes."""
-    parts: list[Any] = [name, dataset_version, asdict(params)] + ([init] if init else [])
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    key = digest([name, dataset_version, asdict(params)] + ([init] if init else []))
     return root / f"{name}-{key[:16]}" / "last.pt"
 
 
