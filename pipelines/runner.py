@@ -64,22 +64,14 @@ class Dataset:
     version: str
     # Its plant groups (one child model each).
     groups: list[str]
-    # The loaded `shard_set` (its small JSON), once.
-    loaded: Any = dataclasses.field(default=None, repr=False, compare=False)
+    # The loaded fieldguide.data.shards.ShardSet (its small JSON; fingerprints read its row digests).
+    shard_set: Any = dataclasses.field(repr=False, compare=False)
 
     @classmethod
     def of(cls, artifact: Any) -> Dataset:
         """From a `shard_set` artifact version (reads its small JSON, not the shards)."""
         shard_set = artifact.load()
         return cls(str(artifact.id), shard_set.dataset_version, list(shard_set.classes.groups), shard_set)
-
-    def shard_set(self) -> Any:
-        """The fieldguide.data.shards.ShardSet (loaded on first use)."""
-        if self.loaded is None:
-            from zenml.client import Client
-
-            self.loaded = Client().get_artifact_version(self.shard_set_id).load()
-        return self.loaded
 
 
 def data_parameters(
@@ -155,14 +147,18 @@ def model_parameters(
     root: Path, key: ModelKey, config: str | None, cloud: str = ""
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A model pipeline's parameters (trials sampled up front) and ZenML's run config, the cloud overlay in."""
-    rc = load_run_config(root, key.pipeline, config, group=key.group, cloud=cloud)
-    params = _parameters(key, rc.params)
-    return params, zenml_options(rc, step_ids(len(params["trials"])))
+    _, params, zenml = _model_config(root, key, config, cloud)
+    return params, zenml
 
 
-def _parameters(key: ModelKey, cfg: Any) -> dict[str, Any]:
+def _model_config(
+    root: Path, key: ModelKey, config: str | None, cloud: str
+) -> tuple[RunConfig[Any], dict[str, Any], dict[str, Any]]:
+    """The run config read once, the pipeline's parameters from it, and ZenML's run config."""
     from fieldguide.train.tuning import sample_trials
 
+    rc = load_run_config(root, key.pipeline, config, group=key.group, cloud=cloud)
+    cfg = rc.params
     params: dict[str, Any] = {
         "train": dataclasses.asdict(cfg.train),
         "tuning": dataclasses.asdict(cfg.tuning),
@@ -175,7 +171,7 @@ def _parameters(key: ModelKey, cfg: Any) -> dict[str, Any]:
         params["per_group"] = cfg.per_group
     if key.kind == "child":
         params["group"] = key.group
-    return params
+    return rc, params, zenml_options(rc, step_ids(len(params["trials"])))
 
 
 def router_to_start_from(trained: str = "") -> tuple[Any | None, str]:
@@ -280,14 +276,12 @@ def prepare_model(root: Path, key: ModelKey, config: str | None, dataset: Datase
     Raises:
         FieldguideError: for a bad config or `init` (see resolve_init).
     """
-    rc = load_run_config(root, key.pipeline, config, group=key.group, cloud=active_cloud())
-    params = _parameters(key, rc.params)
-    zenml = zenml_options(rc, step_ids(len(params["trials"])))
+    rc, params, zenml = _model_config(root, key, config, active_cloud())
     init = resolve_init(root, key, rc, params["train"], router)
     if init.mode == FILE:
         params["train"]["pretrained_file"] = init.file
     trained_on = {k: params[k] for k in ("train", "tuning", "trials")} | {"view": key.view(params.get("per_group", 0))}
-    fingerprint = Fingerprint.of(key, dataset.shard_set(), trained_on, init)
+    fingerprint = Fingerprint.of(key, dataset.shard_set, trained_on, init)
     params.update(fingerprint=fingerprint.to_dict(), init=init.to_dict())
     return ModelRun(key, params, zenml, init, fingerprint)
 
@@ -437,7 +431,7 @@ def run_pipeline(
                 f"--retrain {', '.join(unknown)}: not trained by this run ({', '.join(k.name for k in keys)})"
             )
         produced: dict[str, str] = {}
-        to_train: list[ModelKey] = []
+        to_train: list[ModelRun] = []
         for key in keys:  # every config, init and skip decided before the first run starts
             prepared = prepare_model(root, key, model_config(config, pipeline, key), ds)
             same = unchanged_version(prepared, ds) if pipeline == "all" and key.name not in retrain else None
@@ -445,10 +439,12 @@ def run_pipeline(
                 produced[key.name] = str(same.id)
             else:
                 prepared.check_start()
-                to_train.append(key)
+                to_train.append(prepared)
         trained_router = ""
-        for key in to_train:
-            prepared = prepare_model(root, key, model_config(config, pipeline, key), ds, trained_router)
+        for prepared in to_train:
+            key = prepared.key
+            if trained_router and key.kind == "child":  # its start: the router this run just trained
+                prepared = prepare_model(root, key, model_config(config, pipeline, key), ds, trained_router)
             produced[key.name] = record_run(run_prepared(prepared, ds, no_cache))
             if key.kind == "router":
                 trained_router = produced[key.name]
