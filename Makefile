@@ -20,7 +20,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lint format dashboard mlflow-ui serve stop bench stack-local stack-sagemaker clean demo
+.PHONY: install run test lint format dashboard mlflow-ui monitor-ui serve stop bench stack-local stack-sagemaker clean demo
 
 # Reinstall only when requirements.txt changed (its hash is stamped inside the venv).
 install: $(STAMP)
@@ -64,6 +64,10 @@ dashboard: install
 
 mlflow-ui: install
 	$(PY) run.py mlflow-ui
+
+# Evidently's own UI over the workspace the monitor pipeline adds its reports to (configs/monitor.yaml `workspace`).
+monitor-ui: install
+	$(PY) run.py monitor-ui
 
 serve: install
 	$(PY) run.py serve

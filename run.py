@@ -13,7 +13,7 @@ import click
 from fieldguide.keys import NAMES_HELP
 
 ROOT = Path(__file__).resolve().parent
-PIPELINES = ("data", "parent", "child", "flat", "all", "deploy")
+PIPELINES = ("data", "parent", "child", "flat", "all", "deploy", "monitor")
 
 
 def _configure_environment() -> None:
@@ -48,6 +48,8 @@ Examples:
   python run.py approve router 3 --by alice          approve a pending version (rolls it out)
   python run.py status                               staging and production: releases, ports, health
   python run.py rollback                             production back to the previous release
+  python run.py traffic --n 300 --shift dusk --group succulents   demo traffic to production
+  python run.py --pipeline monitor --since 24h       drift and verdicts per model on production traffic
 """
 
 
@@ -57,7 +59,8 @@ Examples:
     type=click.Choice(PIPELINES),
     help="Pipeline to run: data (QA, manifest, shards), parent (router), child (one group), "
     "flat (one all-species baseline), all (data, parent, every child, two-stage evaluation), "
-    "deploy (newest approved versions → staging → tests → production).",
+    "deploy (newest approved versions → staging → tests → production), "
+    "monitor (production traffic against the release's reference: a verdict per model).",
 )
 @click.option(
     "--group", "group", default=None, help="Child pipeline: a plant group name, or 'all' for one run per group."
@@ -93,6 +96,14 @@ Examples:
     help="With --pipeline all: comma-separated models to train even when unchanged (e.g. router,child-ferns).",
 )
 @click.option(
+    "--since",
+    "since",
+    default=None,
+    help="With --pipeline monitor: the window, a duration back from now (30m, 24h, 7d) or an ISO time "
+    "(default: configs/monitor.yaml's since).",
+)
+@click.option("--until", "until", default="", help="With --pipeline monitor: the window's end (default: now).")
+@click.option(
     "--dry-run",
     is_flag=True,
     help="With --stack sagemaker: print each step's instance type, image and settings; contacts nothing.",
@@ -108,12 +119,16 @@ def cli(
     dataset: str | None,
     no_cache: bool,
     retrain: str,
+    since: str | None,
+    until: str,
     dry_run: bool,
 ) -> None:
     """fieldguide: raw image catalog → tested two-stage species classifier."""
     ctx.ensure_object(dict)
     if retrain and pipeline != "all":
         raise click.UsageError("--retrain is for --pipeline all (a pipeline named on its own always trains)")
+    if (since or until) and pipeline != "monitor":
+        raise click.UsageError("--since and --until are for --pipeline monitor")
     if dry_run:
         from pipelines.runner import dry_run as plan_run
 
@@ -144,6 +159,13 @@ def cli(
         if catalog:
             raise click.UsageError("--pipeline deploy takes --dataset VERSION, not --catalog")
         run_deploy(ROOT, config, dataset=resolve_dataset(ROOT, dataset, None) if dataset else None)
+        return
+    if pipeline == "monitor":
+        from pipelines.monitor_runs import run_monitor
+
+        if catalog or dataset or group:
+            raise click.UsageError("--pipeline monitor takes --since (and --config), not --catalog/--dataset/--group")
+        run_monitor(ROOT, since, config, until)
         return
     from fieldguide.keys import ModelKey
     from pipelines.runner import run_pipeline
@@ -298,6 +320,24 @@ def mlflow_ui(port: int, print_uri: bool) -> None:
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
         check=False,
     )
+
+
+@cli.command("monitor-ui")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--config", "config", default=None, help="Monitor config YAML (default: configs/monitor.yaml).")
+def monitor_ui(port: int, config: str | None) -> None:
+    """Serve Evidently's UI over the workspace the monitor pipeline adds its reports to."""
+    import subprocess
+
+    from fieldguide.runconfig import load_run_config
+    from pipelines.monitor_runs import workspace_dir
+
+    folder = workspace_dir(load_run_config(ROOT, "monitor", config).params.workspace)
+    folder.mkdir(parents=True, exist_ok=True)
+    click.echo(f"Evidently UI on http://127.0.0.1:{port} (workspace: {folder})")
+    evidently = str(Path(sys.executable).parent / "evidently")
+    cmd = [evidently, "ui", "--workspace", str(folder), "--host", "127.0.0.1", "--port", str(port)]
+    subprocess.run(cmd, check=False)
 
 
 @cli.command()
@@ -471,10 +511,77 @@ def status() -> None:
 def stop() -> None:
     """Stop the staging, production and gateway servers this project started, and their supervisord."""
     from fieldguide.serve.servers import stop_all
-    from registry.promotion import serving_dir
+    from registry.promotion import forget_held_photos, serving_dir
 
     stopped = stop_all(serving_dir())
     click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    held = forget_held_photos()
+    if held:
+        click.echo(f"deleted {held} photos held for feedback (kept samples stay)")
+
+
+@cli.command()
+@click.option("--n", "n", type=click.IntRange(1), required=True, help="Requests to send.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Requests per second (default: as fast as it answers).",
+)
+@click.option("--shift", type=click.Choice(["dusk", "blur", "new-species"]), default=None, help="Send shifted photos.")
+@click.option("--group", "group", default=None, help="Only this group's photos (with --shift: all of them shifted).")
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Photo seed (default: a new one, printed; traffic never repeats training images).",
+)
+@click.option(
+    "--size", type=click.IntRange(16, 1024), default=96, show_default=True, help="Photo side: the demo catalog's size."
+)
+@click.option("--url", default=None, help="Server to send to (default: the production URL of configs/deploy.yaml).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write one JSON line per answer: request id, truth, answer.",
+)
+def traffic(
+    n: int,
+    rate: float | None,
+    shift: str | None,
+    group: str | None,
+    seed: int | None,
+    size: int,
+    url: str | None,
+    out: str | None,
+) -> None:
+    """Send N fresh demo photos to production, in distribution or shifted (how the demo tells the monitoring story)."""
+    import json
+    import time
+
+    from fieldguide.monitor.traffic import release_taxonomy, send, traffic_photos
+    from fieldguide.serve.servers import release_folder
+    from pipelines.deploy_runs import deploy_config
+    from registry.releases import production_release
+
+    live = production_release()
+    if live is None:
+        raise click.ClickException("no release in production: run `make run` first")
+    url = url or f"http://127.0.0.1:{deploy_config(ROOT, None).production_port}"
+    seed = int(time.time()) if seed is None else seed
+    taxonomy = release_taxonomy(release_folder(live.id))
+    photos = traffic_photos(taxonomy, n, seed, size, shift or "", group or "")
+    what = f"{shift} photos" if shift else "in-distribution photos"
+    click.echo(
+        f"sending {n} {what}{f' of {group}' if group else ''} to {url} (seed {seed}; --seed {seed} repeats them)"
+    )
+    sent = send(url, photos, n, rate or 0.0)
+    click.echo(sent.line())
+    if out:
+        Path(out).write_text("".join(json.dumps(a) + "\n" for a in sent.answers))
+    if sent.statuses.get(200, 0) < n:
+        raise click.ClickException(f"{n - sent.statuses.get(200, 0)} of {n} requests did not get an answer")
 
 
 @cli.command()

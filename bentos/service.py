@@ -5,7 +5,10 @@ a bento built by the deploy pipeline pins its release (FIELDGUIDE_RELEASE=fieldg
 Preprocessing and the two-stage forward are fieldguide's own (fieldguide.serve.predictor), as in evaluation.
 
 HTTP: `POST /classify` is a BentoML API (multipart field `file`; `bentoml.SyncHTTPClient(url).classify(file=...)`
-calls it; its Swagger page is BentoML's `/`), `GET /release`, and BentoML's /healthz, /livez, /readyz, /metrics.
+calls it; its Swagger page is BentoML's `/`), `POST /feedback` (`{request_id, species}` or `{request_id, wrong:
+true}`), `GET /release`, and BentoML's /healthz, /livez, /readyz, /metrics.
+Every answer is recorded by fieldguide.monitor.capture (BentoML's monitoring API: the prediction log) with its
+features and reduced embeddings; its photo is held for feedback, or kept when sampled for review.
 Every request first goes through fieldguide.serve.edge.UploadEdge: a request id on every answer, the upload limit
 enforced while the body streams in, read timeouts, and a multipart check (so BentoML's parser never sees a body it
 would answer 500 to).
@@ -23,9 +26,10 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from fieldguide.serve.edge import REQUEST_ID, UploadEdge
+from fieldguide.serve.edge import REQUEST_ID, UPLOADS, WARM_UP, UploadEdge
 
 RELEASE = bentoml.models.BentoModel(os.environ.get("FIELDGUIDE_RELEASE", "fieldguide-release:latest"))
 # The batcher's latency budget (the release's serving.max_latency_ms, passed by the server starter).
@@ -96,6 +100,45 @@ class Classifier:
         # Release metadata and the transform only; the weights live in the model service.
         self.predictor = TwoStagePredictor(Path(self.release.path), load_models=False)
         SERVED["max_bytes"] = self.predictor.config.max_bytes
+        self.capture = self._capture()
+
+    def _capture(self) -> Any:
+        """The recorder of this server: its folder, name and settings come from fieldguide's server starter.
+
+        A server started otherwise (a plain `bentoml serve`, the serving bench) records nothing.
+        """
+        import functools
+        import json
+
+        from fieldguide.monitor.capture import CAPTURE_VAR, MONITOR_DIR_VAR, SERVER_VAR, Capture
+        from fieldguide.monitor.config import CaptureConfig
+        from fieldguide.monitor.reference import META, REFERENCE_DIR
+        from fieldguide.monitor.traffic import release_taxonomy
+        from fieldguide.serve.servers import release_folder
+
+        managed = os.environ.get(MONITOR_DIR_VAR)
+        folder = Path(managed or Path(os.environ.get("FIELDGUIDE_HOME", ".fieldguide")) / "monitor" / "unmanaged")
+        cfg = CaptureConfig(**json.loads(os.environ.get(CAPTURE_VAR) or "{}")) if managed else CaptureConfig(False)
+        server = os.environ.get(SERVER_VAR) or f"{self.predictor.release.id}-{os.getpid()}"
+        meta_file = Path(self.release.path) / REFERENCE_DIR / META
+        # A release assembled before monitoring has no reference: its answers are logged without embeddings.
+        self.stored = (
+            json.loads(meta_file.read_text()) if meta_file.is_file() else {"store_size": 96, "jpeg_quality": 90}
+        )
+
+        @functools.lru_cache(maxsize=16)
+        def taxonomy(release_id: str) -> dict[str, str]:
+            try:
+                found = release_folder(release_id) if release_id != self.predictor.release.id else None
+            except Exception:  # noqa: BLE001 - an answering release no longer stored: this release's taxonomy
+                found = None
+            groups = release_taxonomy(found or Path(self.release.path))
+            return {species: group for group, names in groups.items() for species in names}
+
+        capture = Capture(folder, server, cfg, taxonomy)
+        if cfg.enabled:
+            capture.start_sweeper()
+        return capture
 
     @http.get("/release")
     def release_info(self) -> dict[str, Any]:
@@ -125,8 +168,10 @@ class Classifier:
 
         start = time.perf_counter()
         rid = ctx.request.headers.get(REQUEST_ID, "")
+        data = await asyncio.to_thread(file.read_bytes)
         try:
-            x = await asyncio.to_thread(lambda: self.predictor.decode(file.read_bytes()))
+            img = await asyncio.to_thread(self.predictor.open, data)
+            x = await asyncio.to_thread(self.predictor.preprocess, img)
         except BadRequest as exc:
             return answer(ctx, exc.status, {**exc.body(), "request_id": rid})
         try:
@@ -141,7 +186,35 @@ class Classifier:
             return answer(ctx, 503, {**body, "request_id": rid}, retry_after=2)
         except Exception as exc:  # noqa: BLE001 - any model-side failure is a 500 carrying the request id
             return failed(ctx, rid, exc)
-        return {**self.predictor.describe(rows[0], (time.perf_counter() - start) * 1000), "request_id": rid}
+        result = {**self.predictor.describe(rows[0], (time.perf_counter() - start) * 1000), "request_id": rid}
+        if ctx.request.headers.get(WARM_UP) or not self.capture.cfg.enabled:
+            return result
+        try:
+            await asyncio.to_thread(self._record, result, rows[0], img, data)
+        except Exception as exc:  # noqa: BLE001 - a recording failure (disk full) never costs the user the answer
+            logger.error("request %s: recording failed: %s: %s", rid, type(exc).__name__, exc, exc_info=exc)
+        return result
+
+    def _record(self, result: dict[str, Any], row: np.ndarray, img: Any, data: bytes) -> None:
+        """One prediction-log entry (ids, versions, image hash and features, reduced embeddings, answer, latency)."""
+        from fieldguide.monitor.capture import log_entry, photo_extension
+
+        self.capture.record(log_entry(self.predictor, self.stored, result, row, img, data), data, photo_extension(data))
+
+    @http.post("/feedback")
+    async def feedback(self, request: Request) -> JSONResponse:
+        """A user's correction of an answer (`species`) or a flag that it was wrong (`wrong: true`).
+
+        400 for a malformed body, 404 for a request id never answered, 422 for a species outside the release.
+        """
+        from fieldguide.monitor.capture import FeedbackRefused
+
+        body = await request.body()
+        try:
+            out = await asyncio.to_thread(self.capture.feedback, body)
+        except FeedbackRefused as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(out)
 
     async def _forward(self, x: np.ndarray) -> np.ndarray:
         """The model service's forward, retried when its keep-alive connection drops (the call is idempotent)."""
@@ -166,4 +239,4 @@ class Classifier:
         raise AssertionError("unreachable")
 
 
-Classifier.add_asgi_middleware(UploadEdge, uploads={"/classify": ("file",)}, max_bytes=upload_limit)
+Classifier.add_asgi_middleware(UploadEdge, uploads=UPLOADS, max_bytes=upload_limit)

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 from fieldguide.config import DataConfig, from_dict, load_yaml
 from fieldguide.errors import ConfigError
 from fieldguide.evaluate.gate import GateConfig
+from fieldguide.monitor.config import CaptureConfig, Thresholds
 from fieldguide.serve.release import ServingConfig
 from fieldguide.train.params import TrainParams
 from fieldguide.train.tuning import TuneConfig
@@ -77,6 +78,22 @@ class DeployConfig:
     p95_budget_ms: float = 1000.0
     # Serving settings written into each release (they travel with it, so staging and production agree).
     serving: ServingConfig = field(default_factory=ServingConfig)
+    # What servers record (configs/monitor.yaml's `capture`, filled in by pipelines.deploy_runs.deploy_config).
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+
+
+@dataclass
+class MonitorConfig:
+    """Parameters of the monitor pipeline and of what servers record (configs/monitor.yaml)."""
+
+    # What each server logs and keeps: log rotation, photo hold and samples, embedding components.
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    # When a model is ok, to watch, or recommended for retraining.
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    # The window monitored when --since is not given (e.g. 24h, 90m, 7d).
+    since: str = "24h"
+    # The Evidently workspace the reports are added to; empty means <FIELDGUIDE_HOME>/evidently.
+    workspace: str = ""
 
 
 PARAMETERS: dict[str, type] = {
@@ -86,6 +103,7 @@ PARAMETERS: dict[str, type] = {
     "flat": ModelPipelineConfig,
     "release": ReleaseConfig,
     "deploy": DeployConfig,
+    "monitor": MonitorConfig,
 }
 
 

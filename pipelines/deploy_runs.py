@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fieldguide.errors import FieldguideError
+from fieldguide.errors import ConfigError, FieldguideError
 from fieldguide.keys import ModelKey, release_members
+from fieldguide.monitor.config import CaptureConfig
 from fieldguide.runconfig import DeployConfig, load_run_config
 from fieldguide.serve.release import RELEASE_MODEL
 from pipelines.runner import Dataset, pipeline_errors, resolve_dataset
@@ -21,8 +22,12 @@ from registry.lock import registry_lock
 
 
 def deploy_config(root: Path, config: str | None) -> DeployConfig:
-    """The validated deploy config (configs/deploy.yaml, or the one given)."""
-    return load_run_config(root, "deploy", config).params
+    """The validated deploy config (configs/deploy.yaml, or the one given), with configs/monitor.yaml's capture."""
+    rc = load_run_config(root, "deploy", config)
+    if rc.params.capture != CaptureConfig():
+        raise ConfigError(f"{rc.path}: `capture` belongs in configs/monitor.yaml, not in the deploy config")
+    rc.params.capture = load_run_config(root, "monitor").params.capture
+    return rc.params
 
 
 def new_release_id() -> str:

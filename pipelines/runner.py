@@ -555,8 +555,16 @@ def dry_run(root: Path, pipeline: str, group: str | None, config: str | None, cl
             rc = load_run_config(root, name, given, group=group or "", cloud=cloud)
             steps = step_ids(rc.params.tuning.trials)
             runs.append((name, f"fieldguide_{name}", steps, zenml_options(rc, steps)))
+    if pipeline == "monitor":
+        from pipelines.monitor import step_ids as monitor_steps
+
+        rc = load_run_config(root, "monitor", config, cloud=cloud)
+        steps = monitor_steps(["router", "child-*"])  # one assess step per model of the release in production
+        runs.append(("monitor", "fieldguide_monitor", steps, zenml_options(rc, steps)))
     if not runs:
-        raise FieldguideError(f"--dry-run covers the data, parent, child, flat and all pipelines, not {pipeline!r}")
+        raise FieldguideError(
+            f"--dry-run covers the data, parent, child, flat, all and monitor pipelines, not {pipeline!r}"
+        )
     registry = os.environ.get("FIELDGUIDE_ECR_REGISTRY") or "${FIELDGUIDE_ECR_REGISTRY}"
     lines = [f"dry run on the {cloud} stack (stacks/{cloud}.yaml); nothing was contacted"]
     for name, pipeline_name, steps, zenml in runs:
@@ -567,4 +575,6 @@ def dry_run(root: Path, pipeline: str, group: str | None, config: str | None, cl
             lines.append(f"  {row['step']:<16} {row['instance_type']:<14} {row['job']:<15} {row['settings']}")
         if rows:
             lines.append(f"  image: {rows[-1]['image']}")
+        if zenml.get("schedule"):
+            lines.append(f"  schedule: {zenml['schedule']} (ZenML schedule, created by the run)")
     return lines

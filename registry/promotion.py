@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fieldguide.errors import FieldguideError
+from fieldguide.monitor.capture import staging_capture
 from fieldguide.serve.release import BENTO_NAME, Release, write_stage
 from fieldguide.serve.servers import (
     Server,
@@ -47,6 +48,23 @@ def serving_dir() -> Path:
     return Path(os.environ.get("FIELDGUIDE_HOME", ".fieldguide")) / "serving"
 
 
+def monitoring_dir(role: str) -> Path:
+    """Where the servers of a role (production, staging) record their answers (under FIELDGUIDE_HOME)."""
+    return Path(os.environ.get("FIELDGUIDE_HOME", ".fieldguide")) / "monitor" / role
+
+
+def forget_held_photos() -> int:
+    """Delete the photos held for feedback (servers stopped: no feedback can reach them); return how many."""
+    import shutil
+
+    count = 0
+    for role in ("production", "staging"):
+        hold = monitoring_dir(role) / "hold"
+        count += sum(1 for _ in hold.glob("*")) if hold.is_dir() else 0
+        shutil.rmtree(hold, ignore_errors=True)
+    return count
+
+
 def fail(release_id: str, reason: str, folder: Path, rollback: bool = False) -> None:
     """Stop staging and record why the release did not go live; production is not touched.
 
@@ -71,7 +89,8 @@ def start_staging(release: Release, bento: str, cfg: DeployConfig, folder: Path,
     state.staging = None
     state.save(folder)
     try:
-        server = start_bento(bento, release.id, cfg.staging_port, folder / "logs", cfg.start_timeout_s)
+        capture = (monitoring_dir("staging"), staging_capture(cfg.capture))
+        server = start_bento(bento, release.id, cfg.staging_port, folder / "logs", cfg.start_timeout_s, capture=capture)
     except FieldguideError as exc:
         fail(release.id, f"staging did not start: {exc}", folder, rollback)
         raise
@@ -134,7 +153,13 @@ def promote(release: Release, report: StagingReport, cfg: DeployConfig, folder: 
 
     try:
         green = start_bento(
-            staging.bento, release.id, free_port(), folder / "logs", cfg.start_timeout_s, supervised=True
+            staging.bento,
+            release.id,
+            free_port(),
+            folder / "logs",
+            cfg.start_timeout_s,
+            supervised=True,
+            capture=(monitoring_dir("production"), cfg.capture),
         )
     except FieldguideError as exc:
         fail(release.id, f"the production server did not start: {exc}", folder, rollback)
@@ -199,7 +224,10 @@ def serve_production(cfg: DeployConfig, folder: Path) -> str:
         raise FieldguideError("no release in production yet: approve model versions, or run `make run`")
     stop(state.production)
     bento = f"{BENTO_NAME}:{live.id}"
-    server = start_bento(bento, live.id, free_port(), folder / "logs", cfg.start_timeout_s, supervised=True)
+    capture = (monitoring_dir("production"), cfg.capture)
+    server = start_bento(
+        bento, live.id, free_port(), folder / "logs", cfg.start_timeout_s, supervised=True, capture=capture
+    )
     state.production = None
     warm_up(server.url)
     switch_production(state, folder, server, cfg.production_port)

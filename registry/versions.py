@@ -122,6 +122,16 @@ def mark_rollout(version_id: Any, note: str) -> None:
     log_metadata(metadata={"rollout": note}, model_version_id=version_id)
 
 
+def record_monitoring(version_id: Any, record: dict[str, Any]) -> None:
+    """Record a monitor verdict on a (production) version: `monitoring` metadata, the newest one counts.
+
+    `--pipeline all` retrains a model whose production version says `retrain_recommended` (pipelines.runner).
+    """
+    from zenml import log_metadata
+
+    log_metadata(metadata={"monitoring": record}, model_version_id=version_id)
+
+
 def rollout_note(version: Any) -> str:
     """What became of a version's approval ('' while nobody acted on it)."""
     return str(version.run_metadata.get("rollout") or "")

@@ -15,8 +15,9 @@ from pydantic import ValidationError
 from fieldguide.config import load_yaml
 from fieldguide.errors import ConfigError
 
-OVERLAY_KEYS = ("parameters", "settings", "steps")
+OVERLAY_KEYS = ("parameters", "settings", "steps", "schedule")
 STEP_KEYS = ("settings",)
+SCHEDULED = "monitor"  # the one pipeline whose overlay may carry a schedule (its runs resolve their own window)
 
 
 def settings_classes() -> dict[str, type]:
@@ -55,6 +56,21 @@ def validate_settings(settings: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}.{key}.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
+def validate_schedule(schedule: Any, where: str) -> None:
+    """A ZenML Schedule (cron expression or start time and interval) that ZenML itself accepts."""
+    from zenml.config.schedule import Schedule
+
+    if not isinstance(schedule, dict):
+        raise ConfigError(f"{where}: a mapping of zenml.config.schedule.Schedule fields")
+    unknown = sorted(set(schedule) - set(Schedule.model_fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r} of a ZenML Schedule")
+    try:
+        Schedule(**schedule)
+    except (ValidationError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def load_overlay(path: Path, steps: list[str]) -> dict[str, Any]:
     """Read and validate an overlay against the pipeline's step ids (`tune_trial_*` patterns allowed)."""
     return validate_overlay(load_yaml(path), path, steps)
@@ -66,6 +82,10 @@ def validate_overlay(data: dict[str, Any], path: Path, steps: list[str]) -> dict
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}; an overlay holds {', '.join(OVERLAY_KEYS)}")
     validate_settings(data.get("settings") or {}, f"{path.name}: settings")
+    if data.get("schedule") is not None:
+        if not path.name.startswith(SCHEDULED):
+            raise ConfigError(f"{path.name}: only the {SCHEDULED} pipeline runs on a schedule")
+        validate_schedule(data["schedule"], f"{path.name}: schedule")
     for pattern, step_config in (data.get("steps") or {}).items():
         if not fnmatch.filter(steps, pattern):
             raise ConfigError(f"{path.name}: step {pattern!r} matches no step of the pipeline ({', '.join(steps)})")

@@ -118,19 +118,33 @@ def make_species(groups: list[str], per_group: int) -> list[Species]:
             name = names[i] if i < len(names) else f"{group.capitalize()} species {i + 1}"
             frac = i / max(1, per_group - (0 if spread >= 1 else 1))
             hue = (base_hue + (frac - 0.5) * spread) % 1.0 if spread < 1 else frac
-            accent = _rgb((hue + 0.5) % 1.0, 0.6, 0.35 + 0.6 * ((i * 7) % 5) / 4)
-            out.append(
-                Species(
-                    name=name,
-                    group=group,
-                    hue=hue,
-                    count=[5, 7, 9, 11, 13, 6, 8, 10][i % 8],
-                    width=[0.45, 0.28, 0.6, 0.36, 0.52, 0.3, 0.4, 0.56][i % 8],
-                    texture=["plain", "stripes", "spots", "plain", "stripes", "spots", "plain", "spots"][i % 8],
-                    accent=accent,
-                )
-            )
+            out.append(_species(name, group, i, hue))
     return out
+
+
+def _species(name: str, group: str, i: int, hue: float) -> Species:
+    """The i-th species' traits of a group at `hue`."""
+    return Species(
+        name=name,
+        group=group,
+        hue=hue,
+        count=[5, 7, 9, 11, 13, 6, 8, 10][i % 8],
+        width=[0.45, 0.28, 0.6, 0.36, 0.52, 0.3, 0.4, 0.56][i % 8],
+        texture=["plain", "stripes", "spots", "plain", "stripes", "spots", "plain", "spots"][i % 8],
+        accent=_rgb((hue + 0.5) % 1.0, 0.6, 0.35 + 0.6 * ((i * 7) % 5) / 4),
+    )
+
+
+def new_species(group: str, known: list[str]) -> Species:
+    """A species of `group` that a catalog of its `known` species lacks: the group's shape, unseen traits and hue.
+
+    Its hue lies beyond the group's range of species hues, its organ count, width and texture are those of the
+    next index.
+    """
+    base_hue, spread = _GROUP_HUE.get(group, (_stable_fraction(group), 0.2))
+    unused = [n for n in SPECIES_NAMES.get(group, []) if n not in known]
+    name = unused[0] if unused else f"{group.capitalize()} species {len(known) + 1}"
+    return _species(name, group, len(known), (base_hue + 0.5 * spread + 0.15) % 1.0)
 
 
 def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
@@ -269,7 +283,7 @@ def render(sp: Species, rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def _encode(img: Image.Image, rng: np.random.Generator) -> tuple[bytes, str]:
+def encode_photo(img: Image.Image, rng: np.random.Generator) -> tuple[bytes, str]:
     """Mostly JPEG; a few valid images in the awkward encodings real catalogs contain."""
     buf = io.BytesIO()
     roll = rng.random()
@@ -336,7 +350,7 @@ def generate(
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(images_per_species):
                 rng = np.random.default_rng([seed, si, k])
-                data, ext = _encode(render(sp, rng, size), rng)
+                data, ext = encode_photo(render(sp, rng, size), rng)
                 path = folder / f"{k:05d}.{ext}"
                 path.write_bytes(data)
                 rows.append((path.relative_to(out).as_posix(), sp.name, sp.group))

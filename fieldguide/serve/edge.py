@@ -24,11 +24,18 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID = "x-request-id"
+# Header of the warm-up requests a new server gets on its own port before the switch: answered, never recorded
+# (the gateway drops it from outside requests).
+WARM_UP = "x-fieldguide-warm-up"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 CHUNK = 64 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
 # Multipart framing (boundaries, part headers) allowed on top of the upload limit itself.
 FRAMING = 64 * 1024
+# The body limit of every request that is not an upload (/feedback, …).
+MAX_OTHER_BODY = 1024 * 1024
+# POST paths taking a multipart image upload, with their file fields.
+UPLOADS = {"/classify": ("file",)}
 
 
 class Refused(Exception):
@@ -365,7 +372,7 @@ class UploadEdge:
         uploads: dict[str, tuple[str, ...]],
         max_bytes: int | Callable[[], int],
         read_timeout_s: float = 30.0,
-        max_other_body: int = 1024 * 1024,
+        max_other_body: int = MAX_OTHER_BODY,
     ) -> None:
         self.app = app
         self.uploads = uploads

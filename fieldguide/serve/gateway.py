@@ -18,7 +18,19 @@ from typing import Any
 
 import httpx
 
-from fieldguide.serve.edge import REQUEST_ID, Body, Receive, Scope, Send, read_or_refuse, request_id, send_json
+from fieldguide.serve.edge import (
+    MAX_OTHER_BODY,
+    REQUEST_ID,
+    UPLOADS,
+    WARM_UP,
+    Body,
+    Receive,
+    Scope,
+    Send,
+    read_or_refuse,
+    request_id,
+    send_json,
+)
 from fieldguide.serve.edge import tagging as tag_answers
 
 # The body limit when the upstream file does not name one (the release's upload limit plus framing does).
@@ -109,12 +121,14 @@ class Gateway:
         if not url:
             await send_json(send, 503, {"error": "no production release is being served"}, RETRY_AFTER)
             return
-        body = await read_or_refuse(scope, receive, send, rid, self.upstream.max_body, self.read_timeout_s)
+        upload = scope["method"] == "POST" and scope["path"] in UPLOADS
+        limit = self.upstream.max_body if upload else min(self.upstream.max_body, MAX_OTHER_BODY)
+        body = await read_or_refuse(scope, receive, send, rid, limit, self.read_timeout_s)
         if body is None:
             return
         try:
             headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in HOP_HEADERS]
-            headers = [(k, v) for k, v in headers if k.lower() != REQUEST_ID.encode()]
+            headers = [(k, v) for k, v in headers if k.lower() not in (REQUEST_ID.encode(), WARM_UP.encode())]
             headers.append((REQUEST_ID.encode(), rid.encode()))
             if body.size:
                 headers.append((b"content-length", str(body.size).encode()))

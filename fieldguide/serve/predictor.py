@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,10 +18,15 @@ from PIL import Image
 
 from fieldguide.data.images import ImageLimits, ImageRejected, open_checked
 from fieldguide.errors import FieldguideError
+from fieldguide.evaluate.metrics import forward_with_embedding
 from fieldguide.evaluate.two_stage import combine
 from fieldguide.keys import ModelKey
+from fieldguide.monitor.reference import Projections
 from fieldguide.serve.release import RELEASE_FILE, RELEASE_MODEL, Release, read_release
 from fieldguide.train.models import META, ModelBundle, eval_transform, load_bundle, save_bundle
+
+if TYPE_CHECKING:
+    from fieldguide.data.shards import ShardSet
 
 
 def write_release(release: Release, bundles: dict[str, ModelBundle], folder: Path) -> Path:
@@ -33,15 +38,35 @@ def write_release(release: Release, bundles: dict[str, ModelBundle], folder: Pat
     return folder
 
 
-def save_release_model(release: Release, bundles: dict[str, ModelBundle]) -> str:
-    """Store the release in BentoML's model store as fieldguide-release:<release id>; return the tag."""
+def save_release_model(
+    release: Release, bundles: dict[str, ModelBundle], shard_set: ShardSet | None = None, components: int = 8
+) -> str:
+    """Store the release in BentoML's model store as fieldguide-release:<release id>; return the tag.
+
+    With `shard_set`, the release carries its monitoring reference (fieldguide.monitor.reference) built on its
+    test split with `components` embedding components per model.
+    """
     import bentoml
+
+    from fieldguide.monitor.reference import build_reference
 
     with bentoml.models.create(
         f"{RELEASE_MODEL}:{release.id}", labels={"release": release.id}, metadata={"versions": release.versions}
     ) as model:
         write_release(release, bundles, Path(model.path))
+        if shard_set is not None:
+            build_reference(Path(model.path), shard_set, components)
     return str(model.tag)
+
+
+@dataclass
+class Forward:
+    """One batch through the two-stage model, before the embeddings are reduced."""
+
+    p_group: np.ndarray  # (N, G) router probabilities
+    p_species: np.ndarray  # (N, S) two-stage species probabilities
+    router_pre: np.ndarray  # (N, D) router pre-logits embeddings
+    child_pre: list[np.ndarray]  # per row: the pre-logits embedding of its top-1 group's child
 
 
 class BadRequest(Exception):
@@ -79,6 +104,8 @@ class TwoStagePredictor:
                 raise FieldguideError(f"{ModelKey.child(group)} was trained with another input size than the router")
             self.species_of[g] = list(range(len(self.species), len(self.species) + len(meta["classes"])))
             self.species += meta["classes"]
+        # The release's embedding reductions (absent in a release assembled before monitoring: no embeddings logged).
+        self.projections = Projections.load(folder)
         self._children: OrderedDict[str, ModelBundle] = OrderedDict()
         self.router = load_bundle(folder / ModelKey.router().name) if load_models else None
         if load_models and not self.config.max_children_in_memory:
@@ -107,37 +134,81 @@ class TwoStagePredictor:
         Raises:
             BadRequest: too large, not an image, truncated, unsupported format, too many pixels.
         """
+        return self.preprocess(self.open(data))
+
+    def open(self, data: bytes) -> Image.Image:
+        """Validate one upload and decode it to an oriented RGB image.
+
+        Raises:
+            BadRequest: too large, not an image, truncated, unsupported format, too many pixels.
+        """
         if len(data) > self.config.max_bytes:
             raise BadRequest("too_large", f"upload is {len(data)} bytes; the limit is {self.config.max_bytes}")
         try:
-            img = open_checked(data, self.limits)
+            return open_checked(data, self.limits)
         except ImageRejected as exc:
             raise BadRequest(exc.reason, exc.detail) from None
-        return self.preprocess(img)
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         """The model's eval transform (resize, centre crop, normalise) of an RGB image."""
         return self.transform(img)
 
     @torch.no_grad()
-    def forward(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(N, G + S) rows: router probabilities, then two-stage species probabilities."""
+    def parts(self, x: np.ndarray | torch.Tensor) -> Forward:
+        """Router and two-stage species probabilities, and the pre-logits embeddings monitoring reduces and logs.
+
+        The embeddings are the router's and, per row, those of its top-1 group's child.
+        """
         if self.router is None:
             raise FieldguideError("this predictor was opened without its models")
         x = torch.as_tensor(x, dtype=torch.float32)
-        p_group = self.router.model(x).softmax(1).numpy()
+        logits, router_pre = forward_with_embedding(self.router.model, x)
+        p_group = logits.softmax(1).numpy()
         k = min(self.config.route_k, len(self.groups))
-        needed = np.unique(np.argsort(-p_group, axis=1)[:, :k])
-        p_child = {
-            int(g): self._child(self.groups[int(g)]).model(x).softmax(1).numpy() for g in needed
-        }  # groups outside every row's top-k never contribute
+        needed = np.unique(np.argsort(-p_group, axis=1)[:, :k])  # groups outside every row's top-k never contribute
+        p_child, child_pre = {}, {}
+        for g in needed:
+            logits, pre = forward_with_embedding(self._child(self.groups[int(g)]).model, x)
+            p_child[int(g)], child_pre[int(g)] = logits.softmax(1).numpy(), pre.numpy()
         p_child.update({g: np.zeros((len(x), len(s))) for g, s in self.species_of.items() if g not in p_child})
         p_species = combine(p_group, p_child, self.species_of, len(self.species), k)
-        return np.concatenate([p_group, p_species], axis=1).astype(np.float32)
+        top = p_group.argmax(1)
+        return Forward(p_group, p_species, router_pre.numpy(), [child_pre[int(g)][i] for i, g in enumerate(top)])
+
+    def forward(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N, G + S + 2E) rows: router and two-stage species probabilities, then the reduced embeddings.
+
+        The embeddings are the router's and the top-1 group child's, E wide each (the release's width; 0 without a
+        monitoring reference).
+        """
+        out = self.parts(x)
+        rows = [out.p_group, out.p_species]
+        if self.projections is not None:
+            top = out.p_group.argmax(1)
+            rows.append(self.projections.reduce(ModelKey.router().name, out.router_pre))
+            rows.append(
+                np.stack(
+                    [
+                        self.projections.reduce(self.child_name(int(g)), pre[None])[0]
+                        for g, pre in zip(top, out.child_pre, strict=True)
+                    ]
+                )
+            )
+        return np.concatenate(rows, axis=1).astype(np.float32)
+
+    def child_name(self, g: int) -> str:
+        """The registry name of group g's child."""
+        return ModelKey.child(self.groups[g]).name
+
+    def split(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A forward row → router probabilities, species probabilities, reduced router and child embeddings."""
+        g, s = len(self.groups), len(self.species)
+        e = self.projections.width if self.projections is not None else 0
+        return row[:g], row[g : g + s], row[g + s : g + s + e], row[g + s + e : g + s + 2 * e]
 
     def describe(self, row: np.ndarray, latency_ms: float | None = None) -> dict[str, Any]:
         """The JSON answer for one forward row."""
-        p_group, p_species = row[: len(self.groups)], row[len(self.groups) :]
+        p_group, p_species, _, _ = self.split(row)
         g = int(p_group.argmax())
         top = np.argsort(-p_species)[: self.config.top_k]
         out: dict[str, Any] = {

@@ -21,8 +21,10 @@ from pathlib import Path
 import httpx
 
 from fieldguide.errors import FieldguideError
+from fieldguide.monitor.capture import CAPTURE_VAR, MONITOR_DIR_VAR, SERVER_VAR, capture_config_json
+from fieldguide.monitor.config import CaptureConfig
 from fieldguide.ports import port_in_use
-from fieldguide.serve.edge import FRAMING
+from fieldguide.serve.edge import FRAMING, WARM_UP
 from fieldguide.serve.gateway import write_upstream
 from fieldguide.serve.release import BENTO_NAME, RELEASE_MODEL, ServingConfig, read_release
 from fieldguide.serve.supervise import (
@@ -114,13 +116,19 @@ def serving_config(release_id: str) -> ServingConfig:
 
 
 def start_bento(
-    bento: str, release_id: str, port: int, log_dir: Path, timeout_s: float, supervised: bool = False
+    bento: str,
+    release_id: str,
+    port: int,
+    log_dir: Path,
+    timeout_s: float,
+    supervised: bool = False,
+    capture: tuple[Path, CaptureConfig] | None = None,
 ) -> Server:
     """Start `bentoml serve BENTO` on `port` and wait until /readyz answers 200.
 
     Supervised (production), supervisord runs it and restarts it when it dies; otherwise (staging) it is a plain
     child in its own session. The server reads its release's stage from the serving folder (`log_dir`'s parent)
-    for its /release answer.
+    for its /release answer, and records its answers into `capture`'s monitoring folder with its settings.
     """
     if port_in_use(port):
         raise FieldguideError(f"port {port} is already in use; stop what runs there (`python run.py stop`)")
@@ -131,7 +139,10 @@ def start_bento(
         "FIELDGUIDE_RELEASE": f"{RELEASE_MODEL}:{release_id}",
         SERVING_DIR_VAR: str(log_dir.parent),
         "FIELDGUIDE_MAX_LATENCY_MS": str(serving_config(release_id).max_latency_ms),
+        SERVER_VAR: f"{release_id}-{port}",
     }
+    if capture is not None:
+        env |= {MONITOR_DIR_VAR: str(capture[0]), CAPTURE_VAR: capture_config_json(capture[1])}
     cmd = [bentoml_bin(), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
     if supervised:
         program = Program(f"backend-{port}", cmd, port, env, str(log))
@@ -301,7 +312,7 @@ def health(server: Server | None, path: str = "/readyz") -> str:
 
 
 def warm_up(url: str, requests: int = 96, concurrency: int = 16, timeout_s: float = 60) -> None:
-    """Send concurrent /classify requests to a fresh server before it takes traffic.
+    """Send concurrent /classify requests to a fresh server before it takes traffic (marked: never recorded).
 
     A new BentoML server first fits its batcher's latency model and pays torch's first-call costs; served cold,
     the first seconds of production traffic after a switch get shed (503). Answers are not checked here (the
@@ -322,7 +333,7 @@ def warm_up(url: str, requests: int = 96, concurrency: int = 16, timeout_s: floa
         def one(_: int) -> None:
             if time.monotonic() < deadline:
                 with contextlib.suppress(httpx.HTTPError):
-                    client.post(f"{url}/classify", files=files)
+                    client.post(f"{url}/classify", files=files, headers={WARM_UP: "1"})
 
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(one, range(requests)))

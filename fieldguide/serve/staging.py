@@ -130,7 +130,7 @@ class Served:
 
 def in_process_answer(predictor: TwoStagePredictor, jpeg: bytes) -> tuple[str, float]:
     """The in-process two-stage top-1 species and its margin over the runner-up."""
-    row = predictor.forward(predictor.decode(jpeg)[None])[0][len(predictor.groups) :]
+    row = predictor.split(predictor.forward(predictor.decode(jpeg)[None])[0])[1]
     order = np.argsort(-row)
     margin = float(row[order[0]] - row[order[1]]) if len(order) > 1 else 1.0
     return predictor.species[int(order[0])], margin

@@ -1,4 +1,4 @@
-"""Step: assemble a candidate release from model versions, evaluate it two-stage, store it for BentoML."""
+"""Step: assemble a candidate release, evaluate it two-stage, store it with its monitoring reference for BentoML."""
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -22,7 +22,8 @@ def assemble_release(
     shard_set: ShardSet, release_id: str, versions: dict[str, str], approved_by: str, deploy: dict[str, Any]
 ) -> Annotated[Release, "release"]:
     """Load the versions (model name → version id), measure the two-stage table, save fieldguide-release:<id>."""
-    config = from_dict(DeployConfig, deploy, "deploy").serving
+    deploy_config = from_dict(DeployConfig, deploy, "deploy")
+    config = deploy_config.serving
     loaded = {name: get_version(vid) for name, vid in versions.items()}
     bundles = {name: load_model(version) for name, version in loaded.items()}
     groups = list(bundles[ModelKey.router().name].meta.classes)
@@ -42,7 +43,7 @@ def assemble_release(
         evaluation={name: value for name, value in table.rows()},
         dataset_version=shard_set.dataset_version,
     )
-    tag = save_release_model(release, bundles)
+    tag = save_release_model(release, bundles, shard_set, deploy_config.capture.components)
     print(f"release {release.id}: {release.versions}; BentoML model {tag}")
     for name, value in table.rows():
         print(f"  {name:<40} {value:.3f}")

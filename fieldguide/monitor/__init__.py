@@ -1,0 +1,1 @@
+"""Production monitoring: prediction log, image samples, feedback, the release reference, drift verdicts."""

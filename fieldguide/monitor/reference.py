@@ -1,0 +1,211 @@
+"""A release's monitoring reference: its models' view of the evaluation split, saved inside the release.
+
+`reference/reference.parquet` holds one row per test image: the image features (as stored in the shards), the
+reduced embeddings of the router and of the child the router sent it to, both models' answers and confidences,
+and the true labels. `reference/projections.npz` holds the reductions (a PCA per model, fitted on those same
+images), which the server applies to every request before logging it, so production traffic and the reference
+are always compared in one space.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from fieldguide.errors import FieldguideError
+from fieldguide.evaluate.metrics import image_stats
+
+if TYPE_CHECKING:
+    from fieldguide.data.shards import ShardSet
+
+REFERENCE_DIR = "reference"
+TABLE = "reference.parquet"
+PROJECTIONS = "projections.npz"
+META = "reference.json"
+ROUTER = "router"
+
+
+def embedding_columns(prefix: str, width: int) -> list[str]:
+    """Column names of a reduced embedding: router_emb_0 … (prefix 'router' or 'child')."""
+    return [f"{prefix}_emb_{i}" for i in range(width)]
+
+
+@dataclass
+class Projections:
+    """One PCA per model (mean and components), all reduced to `width` columns (zero-padded when fewer fit)."""
+
+    width: int
+    mean: dict[str, np.ndarray]
+    components: dict[str, np.ndarray]  # model name → (k, D), k ≤ width
+
+    @classmethod
+    def fit(cls, embeddings: dict[str, np.ndarray], width: int) -> Projections:
+        """PCA of each model's embeddings (rows: images), as many components as the rows allow, at most `width`."""
+        from sklearn.decomposition import PCA
+
+        mean, components = {}, {}
+        for name, x in embeddings.items():
+            k = min(width, x.shape[1], max(len(x) - 1, 1))
+            pca = PCA(n_components=k, random_state=0).fit(x) if len(x) > 1 else None
+            mean[name] = pca.mean_ if pca is not None else x.mean(0)
+            components[name] = pca.components_ if pca is not None else np.zeros((0, x.shape[1]))
+        return cls(width, mean, components)
+
+    def reduce(self, name: str, x: np.ndarray) -> np.ndarray:
+        """(N, D) embeddings of model `name` → (N, width)."""
+        if name not in self.mean:
+            return np.zeros((len(x), self.width), np.float32)
+        out = (x - self.mean[name]) @ self.components[name].T
+        return np.pad(out, ((0, 0), (0, self.width - out.shape[1]))).astype(np.float32)
+
+    def save(self, folder: Path) -> None:
+        """Write projections.npz (plain arrays: loaded without pickle)."""
+        arrays = {f"mean/{n}": m for n, m in self.mean.items()}
+        arrays |= {f"components/{n}": c for n, c in self.components.items()}
+        np.savez(folder / PROJECTIONS, width=np.array(self.width), **arrays)
+
+    @classmethod
+    def load(cls, release_folder: Path) -> Projections | None:
+        """The projections of a release folder, or None for a release assembled before monitoring existed."""
+        path = release_folder / REFERENCE_DIR / PROJECTIONS
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            mean = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("mean/")}
+            components = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("components/")}
+            return cls(int(data["width"]), mean, components)
+
+
+@dataclass
+class Reference:
+    """The reference table of a release and what it was built from."""
+
+    table: pd.DataFrame
+    meta: dict[str, Any]  # release, dataset_version, split, store_size, jpeg_quality, width, n
+
+    def rows_of(self, model: str) -> pd.DataFrame:
+        """The rows a model saw: every row for the router, the rows routed to its group for a child."""
+        if model == ROUTER:
+            return self.table
+        return self.table[self.table["child_model"] == model]
+
+
+def load_reference(release_folder: Path) -> Reference:
+    """The reference saved in a release folder.
+
+    Raises:
+        FieldguideError: the release was assembled before monitoring existed (roll out a new release).
+    """
+    folder = release_folder / REFERENCE_DIR
+    if not (folder / TABLE).is_file():
+        raise FieldguideError(
+            f"release folder {release_folder} has no monitoring reference (assembled before monitoring): "
+            "deploy a new release to monitor it"
+        )
+    return Reference(pd.read_parquet(folder / TABLE), json.loads((folder / META).read_text()))
+
+
+def build_reference(release_folder: Path, shard_set: ShardSet, width: int, batch_size: int = 64) -> Reference:
+    """Run the release's own predictor over the test split; fit the per-model reductions; save both in the folder.
+
+    The images come from the shards as stored, so their features match what the server computes on an upload
+    after storing it the same way (fieldguide.monitor.capture.as_stored).
+    """
+    from fieldguide.data.loader import ShardDataset
+    from fieldguide.data.shards import flat_view
+    from fieldguide.serve.predictor import TwoStagePredictor
+
+    predictor = TwoStagePredictor(release_folder)
+    predictor.projections = None  # raw embeddings: the reductions are fitted on them below
+    view = flat_view(shard_set)
+    group_of = shard_set.classes.species_group
+    dataset = ShardDataset(
+        shard_set, "test", view, lambda img: (predictor.preprocess(img), image_stats(img)), with_keys=True
+    )
+    rows: list[dict[str, Any]] = []
+    router_pre: list[np.ndarray] = []
+    child_pre: list[np.ndarray] = []
+    batch: list[tuple[Any, dict[str, float], int, str]] = []
+
+    def truth(label: int, key: str) -> dict[str, Any]:
+        species = view.labels[label]
+        return {"key": key, "true_species": species, "true_group": group_of[species]}
+
+    def flush() -> None:
+        import torch
+
+        out = predictor.parts(torch.stack([b[0] for b in batch]))
+        router_pre.append(out.router_pre)
+        child_pre.extend(out.child_pre)
+        for i, (_, feats, label, key) in enumerate(batch):
+            rows.append(observation(predictor, out.p_group[i], out.p_species[i]) | feats | truth(label, key))
+        batch.clear()
+
+    for (x, feats), label, key in dataset:
+        batch.append((x, feats, label, key))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if not rows:
+        raise FieldguideError(f"dataset {shard_set.dataset_version} has no test images to build a reference from")
+    table = pd.DataFrame(rows)
+    table["correct"] = (table["species"] == table["true_species"]) & (table["group"] == table["true_group"])
+    table["router_correct"] = table["group"] == table["true_group"]
+    embeddings = {ROUTER: np.concatenate(router_pre)}
+    child_all = np.asarray(child_pre, dtype=object)
+    for model in sorted(table["child_model"].unique()):
+        embeddings[model] = np.stack(list(child_all[(table["child_model"] == model).to_numpy()]))
+    projections = Projections.fit(embeddings, width)
+    reduced_router = projections.reduce(ROUTER, embeddings[ROUTER])
+    reduced_child = np.stack(
+        [projections.reduce(model, pre[None])[0] for model, pre in zip(table["child_model"], child_pre, strict=True)]
+    )
+    table = pd.concat(
+        [
+            table,
+            pd.DataFrame(reduced_router, columns=embedding_columns("router", width)),
+            pd.DataFrame(reduced_child, columns=embedding_columns("child", width)),
+        ],
+        axis=1,
+    )
+    meta = {
+        "release": predictor.release.id,
+        "dataset_version": shard_set.dataset_version,
+        "split": "test",
+        "store_size": shard_set.store_size,
+        "jpeg_quality": shard_set.jpeg_quality or 90,
+        "width": width,
+        "n": len(table),
+    }
+    folder = release_folder / REFERENCE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(folder / TABLE, index=False)
+    projections.save(folder)
+    (folder / META).write_text(json.dumps(meta, indent=1))
+    return Reference(table, meta)
+
+
+def observation(predictor: Any, p_group: np.ndarray, p_species: np.ndarray) -> dict[str, Any]:
+    """What the monitor compares of one answer (the same for a request and for a reference image).
+
+    The router's group and confidence, the top-1 group child's species and its own confidence p(species | group),
+    and the two-stage answer.
+    """
+    g = int(p_group.argmax())
+    own = p_species[predictor.species_of[g]] / max(float(p_group[g]), 1e-12)  # p(species | g) for g's species
+    s = int(np.argmax(p_species))
+    return {
+        "group": predictor.groups[g],
+        "group_probability": float(p_group[g]),
+        "child_model": predictor.child_name(g),
+        "child_species": predictor.species[predictor.species_of[g][int(own.argmax())]],
+        "child_confidence": float(own.max()),
+        "species": predictor.species[s],
+        "species_probability": float(p_species[s]),
+    }
