@@ -23,7 +23,7 @@ from tests.conftest import ROOT, run_cli, state_env
 
 TINY = ROOT / "tests" / "configs" / "tiny"
 NEW_SPECIES = "Dryopteris filix-mas"  # the third fern of the demo generator
-# What the monitor pipeline will write (issue 15): router v1 in production, its verdict retrain_recommended.
+# What the monitor pipeline writes (record_verdicts): router v1 in production, its verdict retrain_recommended.
 RECOMMEND_RETRAIN = """
 from zenml import log_metadata
 from zenml.client import Client

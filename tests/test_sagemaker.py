@@ -8,6 +8,7 @@ import yaml
 
 from fieldguide.errors import ConfigError
 from pipelines.data import STEPS as DATA_STEPS
+from pipelines.monitor import step_ids as monitor_steps
 from pipelines.training import step_ids
 from stacks import expand_env, load_stack_spec, validate_stack_spec
 from stacks.overlays import expand_steps, load_overlay
@@ -25,6 +26,8 @@ OVERLAYS = sorted((ROOT / "configs").glob("*_sagemaker.yaml"))
 
 
 def steps_of(overlay: Path) -> list[str]:
+    if overlay.name.startswith("monitor"):
+        return monitor_steps(["router", "child-ferns", "child-succulents"])
     return DATA_STEPS if overlay.name.startswith("data") else step_ids(5)
 
 
@@ -89,6 +92,21 @@ def test_dry_run_prints_instance_types_and_images_without_network(monkeypatch):
     assert "tune_trial_0" in text and "ml.g5.xlarge" in text and "training job" in text
     assert "report_drift" in text and "ml.m5.xlarge" in text
     assert f"{AWS_ENV['FIELDGUIDE_ECR_REGISTRY']}/zenml:fieldguide_child-orchestrator" in text
+
+
+def test_monitor_runs_on_a_schedule_on_sagemaker(tmp_path):
+    """The monitor overlay's schedule is a valid ZenML Schedule, shown by the dry run; a bad one fails offline."""
+    from pipelines.runner import dry_run
+
+    text = "\n".join(dry_run(ROOT, "monitor", None, None))
+    assert "fieldguide_monitor" in text and "assess_router" in text and "ml.m5.large" in text
+    assert "schedule: {'cron_expression': '0 * * * *'}" in text
+    data = yaml.safe_load((ROOT / "configs/monitor_sagemaker.yaml").read_text())
+    data["schedule"] = {"cron_expresion": "0 * * * *"}
+    path = tmp_path / "monitor_sagemaker.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="cron_expresion"):
+        load_overlay(path, monitor_steps(["router"]))
 
 
 def test_dry_run_cli(tmp_path):
