@@ -140,6 +140,19 @@ def send_traffic(served: Served, kind: str, *args: str) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
+def send_in_process(served: Served, kind: str, n: int, seed: int, shift: str = "", group: str = "") -> list[dict]:
+    """What `send_traffic` does, in this process (the CLI itself is tested by the in-distribution window)."""
+    from fieldguide.monitor.traffic import release_taxonomy, send, traffic_photos
+    from fieldguide.serve.servers import release_folder
+
+    since = served.windows.get(kind, (now(), ""))[0]
+    photos = traffic_photos(release_taxonomy(release_folder(served.release)), n, seed, 64, shift, group)
+    sent = send(served.url, photos, n, progress=False)
+    assert sent.statuses == {200: n}, sent.line()
+    served.windows[kind] = (since, now())
+    return sent.answers
+
+
 @pytest.fixture(scope="module")
 def in_distribution(served) -> list[dict]:
     """300 in-distribution requests (their answers; the window "in-distribution")."""
@@ -148,14 +161,28 @@ def in_distribution(served) -> list[dict]:
     return answers
 
 
+def verdicts_in(printed: str) -> tuple[dict[str, str], str]:
+    """{model: verdict} from the monitor's printed lines, and those lines."""
+    printed = printed.split("verdicts of release", 1)[1]
+    return dict(re.findall(r"^  (\S+): (ok|watch|retrain_recommended|no verdict) \(", printed, re.M)), printed
+
+
 def monitor(served: Served, kind: str) -> tuple[dict[str, str], str]:
     """`run.py --pipeline monitor` over one traffic window: {model: verdict} as printed, and the output."""
     since, until = served.windows[kind]
     res = run_cli("--pipeline", "monitor", "--since", since, "--until", until, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    printed = res.stdout.split("verdicts of release", 1)[1]
-    verdicts = dict(re.findall(r"^  (\S+): (ok|watch|retrain_recommended|no verdict) \(", printed, re.M))
-    return verdicts, printed
+    return verdicts_in(res.stdout)
+
+
+def monitor_in_process(served: Served, kind: str, capsys: pytest.CaptureFixture) -> tuple[dict[str, str], str]:
+    """What `monitor` does, in this process: the same runner and pipeline, no interpreter start-up."""
+    from pipelines.monitor_runs import run_monitor
+
+    since, until = served.windows[kind]
+    capsys.readouterr()
+    run_monitor(ROOT, since, None, until)
+    return verdicts_in(capsys.readouterr().out)
 
 
 def production_metadata(version_id: str) -> dict:
@@ -185,7 +212,9 @@ def test_in_distribution_traffic_leaves_every_model_ok(served, in_distribution, 
     assert {r["request_id"] for r in kept} >= {a["request_id"] for a in in_distribution}
 
 
-def test_corrections_lower_the_feedback_accuracy_of_the_child_they_concern(served, in_distribution, releases, home):
+def test_corrections_lower_the_feedback_accuracy_of_the_child_they_concern(
+    served, in_distribution, releases, home, capsys
+):
     """Acceptance 4: fifty corrections contradicting one child's answers flag it, the accuracy in its report."""
     from fieldguide.monitor.traffic import release_taxonomy
     from fieldguide.serve.servers import release_folder
@@ -204,7 +233,7 @@ def test_corrections_lower_the_feedback_accuracy_of_the_child_they_concern(serve
     sha = {r["request_id"]: r["image_sha256"] for r in read_records(folder, PREDICTIONS)}[targets[0]["request_id"]]
     sidecar = json.loads((folder / "samples" / sha[:2] / f"{sha}.json").read_text())
     assert "feedback" in {r["reason"] for r in sidecar["requests"]}  # the flagged photo is kept for review
-    verdicts, printed = monitor(served, "in-distribution")
+    verdicts, printed = monitor_in_process(served, "in-distribution", capsys)
     child = f"child-{group}"
     assert verdicts[child] == "retrain_recommended", printed
     assert re.search(rf"{child}: .*feedback accuracy 0\.00 on 50 answers", printed), printed
@@ -236,12 +265,12 @@ def test_bad_feedback_gets_a_clear_error_and_changes_no_log(served, in_distribut
     assert (len(read_records(folder, PREDICTIONS)), len(read_records(folder, FEEDBACK))) == before
 
 
-def test_dusk_photos_of_succulents_flag_their_child(served, releases):
+def test_dusk_photos_of_succulents_flag_their_child(served, releases, capsys):
     """Acceptance 2: dusk succulents → child-succulents retrain_recommended, while a child whose routed requests were
     all in distribution (flowers, sent in the same window) is not flagged; the router's verdict has reasons."""
-    answers = send_traffic(served, "dusk", "--n", "300", "--seed", "202", "--shift", "dusk", "--group", "succulents")
-    answers += send_traffic(served, "dusk", "--n", "120", "--seed", "203", "--group", "flowers")
-    verdicts, printed = monitor(served, "dusk")
+    answers = send_in_process(served, "dusk", 300, 202, "dusk", "succulents")
+    answers += send_in_process(served, "dusk", 120, 203, group="flowers")
+    verdicts, printed = monitor_in_process(served, "dusk", capsys)
     assert verdicts["child-succulents"] == "retrain_recommended", printed
     assert re.search(r"^  router: (ok|watch|retrain_recommended) \(420 requests\) — \S", printed, re.M), printed
     shifted = {a["answered_group"] for a in answers if a["shift"]}
@@ -253,19 +282,17 @@ def test_dusk_photos_of_succulents_flag_their_child(served, releases):
     assert recorded["verdict"] == "retrain_recommended" and recorded["reasons"]
 
 
-def test_a_new_species_of_ferns_flags_their_child(served):
+def test_a_new_species_of_ferns_flags_their_child(served, capsys):
     """Acceptance 3, at this session's scale: photos of a fern species the taxonomy lacks flag child-ferns.
 
     The session's children are small (3 species, 48 images each, 64 px) and stay sure of themselves on the unseen
     fern, so here the flag comes from its embeddings and answers; the confidence drop among the reasons is what
     the `make run` release shows (README "Monitoring production", bench/monitor.py's new-species rows).
     """
-    answers = send_traffic(
-        served, "new-species", "--n", "300", "--seed", "303", "--shift", "new-species", "--group", "ferns"
-    )
+    answers = send_in_process(served, "new-species", 300, 303, "new-species", "ferns")
     assert all(
         a["species"] not in ("Polypodium vulgare", "Athyrium filix-femina", "Dryopteris filix-mas") for a in answers
     )
-    verdicts, printed = monitor(served, "new-species")
+    verdicts, printed = monitor_in_process(served, "new-species", capsys)
     assert verdicts["child-ferns"] in ("watch", "retrain_recommended"), printed
     assert re.search(r"^  child-ferns: .*embedding drift", printed, re.M), printed

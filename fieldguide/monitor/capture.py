@@ -244,8 +244,9 @@ class SampleStore:
             return kept
 
     def usage(self, area: Path) -> int:
-        """Bytes on disk in an area (sidecars included)."""
-        return sum(size for _, size, _ in _files(area))
+        """Bytes on disk in an area (sidecars included), read between two of this store's operations."""
+        with self._lock:
+            return sum(size for _, size, _ in _files(area))
 
     def sweep(self, every_s: float = 5.0) -> None:
         """Delete held photos past the hold time and samples past the retention (at most every `every_s`).
