@@ -63,6 +63,14 @@ class Projections:
         out = (x - self.mean[name]) @ self.components[name].T
         return np.pad(out, ((0, 0), (0, self.width - out.shape[1]))).astype(np.float32)
 
+    def reduce_each(self, names: list[str], rows: list[np.ndarray]) -> np.ndarray:
+        """Rows embedded by different models (row i by model names[i]) → (N, width), one product per model."""
+        out = np.zeros((len(rows), self.width), np.float32)
+        for name in set(names):
+            at = [i for i, n in enumerate(names) if n == name]
+            out[at] = self.reduce(name, np.stack([rows[i] for i in at]))
+        return out
+
     def save(self, folder: Path) -> None:
         """Write projections.npz (plain arrays: loaded without pickle)."""
         arrays = {f"mean/{n}": m for n, m in self.mean.items()}
@@ -158,14 +166,12 @@ def build_reference(release_folder: Path, shard_set: ShardSet, width: int, batch
     table["correct"] = (table["species"] == table["true_species"]) & (table["group"] == table["true_group"])
     table["router_correct"] = table["group"] == table["true_group"]
     embeddings = {ROUTER: np.concatenate(router_pre)}
-    child_all = np.asarray(child_pre, dtype=object)
-    for model in sorted(table["child_model"].unique()):
-        embeddings[model] = np.stack(list(child_all[(table["child_model"] == model).to_numpy()]))
+    models = list(table["child_model"])
+    for model in sorted(set(models)):
+        embeddings[model] = np.stack([pre for m, pre in zip(models, child_pre, strict=True) if m == model])
     projections = Projections.fit(embeddings, width)
     reduced_router = projections.reduce(ROUTER, embeddings[ROUTER])
-    reduced_child = np.stack(
-        [projections.reduce(model, pre[None])[0] for model, pre in zip(table["child_model"], child_pre, strict=True)]
-    )
+    reduced_child = projections.reduce_each(models, child_pre)
     table = pd.concat(
         [
             table,

@@ -184,16 +184,9 @@ class TwoStagePredictor:
         out = self.parts(x)
         rows = [out.p_group, out.p_species]
         if self.projections is not None:
-            top = out.p_group.argmax(1)
             rows.append(self.projections.reduce(ModelKey.router().name, out.router_pre))
-            rows.append(
-                np.stack(
-                    [
-                        self.projections.reduce(self.child_name(int(g)), pre[None])[0]
-                        for g, pre in zip(top, out.child_pre, strict=True)
-                    ]
-                )
-            )
+            names = [self.child_name(int(g)) for g in out.p_group.argmax(1)]
+            rows.append(self.projections.reduce_each(names, out.child_pre))
         return np.concatenate(rows, axis=1).astype(np.float32)
 
     def child_name(self, g: int) -> str:
