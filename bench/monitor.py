@@ -59,11 +59,12 @@ def window_entries(predictor, stored: dict, photos: list, batch: int = 64) -> li
 
 def verdicts(seeds: int, sizes: list[int], size: int) -> list[tuple[str, int, int, int, int]]:
     """(kind, requests, windows, hits, not-ok windows) per traffic kind and window size."""
+    from fieldguide.keys import release_members
     from fieldguide.monitor.config import Thresholds
     from fieldguide.monitor.reference import load_reference
     from fieldguide.monitor.traffic import release_taxonomy, traffic_photos
     from fieldguide.monitor.verdict import OK, RETRAIN, assess
-    from fieldguide.monitor.window import model_frame, reference_accuracy, release_models, window_frame
+    from fieldguide.monitor.window import model_frame, reference_accuracy, window_frame
     from fieldguide.runconfig import load_run_config
     from fieldguide.serve.predictor import TwoStagePredictor
 
@@ -73,7 +74,7 @@ def verdicts(seeds: int, sizes: list[int], size: int) -> list[tuple[str, int, in
     width, stored = int(reference.meta["width"]), reference.meta
     thresholds: Thresholds = load_run_config(ROOT, "monitor").params.thresholds
     taxonomy = release_taxonomy(folder)
-    models = release_models(predictor.release.versions)
+    models = [key.name for key in release_members(predictor.groups)]
     print(f"release {predictor.release.id}: reference of {len(reference.table)} test images, models {models}")
     rows = []
     for kind in ("in-distribution", *SHIFTS):

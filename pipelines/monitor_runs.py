@@ -25,9 +25,10 @@ def run_monitor(root: Path, since: str | None = None, config: str | None = None,
     """
     from zenml.client import Client
 
+    from fieldguide.keys import release_members
     from fieldguide.monitor.reference import load_reference
     from fieldguide.monitor.verdict import Assessment
-    from fieldguide.monitor.window import answers_in, parse_since, release_models
+    from fieldguide.monitor.window import answers_in, parse_since
     from fieldguide.serve.servers import release_folder
     from pipelines.monitor import assess_step, monitor_pipeline, step_ids
     from pipelines.runner import active_cloud, pipeline_errors, zenml_options
@@ -42,7 +43,7 @@ def run_monitor(root: Path, since: str | None = None, config: str | None = None,
     load_reference(release_folder(release.id))  # a release assembled before monitoring cannot be judged: say so now
     since = since or cfg.since
     folder = monitoring_dir("production")
-    models = release_models(release.versions)
+    models = [key.name for key in release_members(release.groups)]
     options = zenml_options(rc, step_ids(models))
     if "schedule" in options:
         from zenml.config.schedule import Schedule

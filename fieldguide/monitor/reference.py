@@ -19,6 +19,7 @@ import pandas as pd
 
 from fieldguide.errors import FieldguideError
 from fieldguide.evaluate.metrics import image_stats
+from fieldguide.keys import ModelKey
 
 if TYPE_CHECKING:
     from fieldguide.data.shards import ShardSet
@@ -27,7 +28,7 @@ REFERENCE_DIR = "reference"
 TABLE = "reference.parquet"
 PROJECTIONS = "projections.npz"
 META = "reference.json"
-ROUTER = "router"
+ROUTER = ModelKey.router().name
 
 
 def embedding_columns(prefix: str, width: int) -> list[str]:

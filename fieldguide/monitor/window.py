@@ -140,10 +140,3 @@ def feedback_accuracy(feedback: pd.DataFrame, model: str) -> tuple[float, int]:
     else:
         right = ~feedback.loc[feedback["child_model"] == model, "wrong"].astype(bool)
     return (float(right.mean()), len(right)) if len(right) else (float("nan"), 0)
-
-
-def release_models(versions: dict[str, str]) -> list[str]:
-    """The models of a release (router first), from its versions map."""
-    if ROUTER not in versions:
-        raise FieldguideError("the release has no router")
-    return [ROUTER, *sorted(n for n in versions if n != ROUTER)]
