@@ -16,8 +16,8 @@ def shard_set_of_run(run: Any) -> Any:
     return run.steps["build_shards"].outputs["shard_set"][0]
 
 
-def last_data_run_shard_set() -> Any:
-    """The `shard_set` of the newest data pipeline run, cached or not.
+def last_data_run() -> Any:
+    """The newest data pipeline run, cached or not.
 
     Raises:
         FieldguideError: when no data pipeline has run yet.
@@ -27,8 +27,28 @@ def last_data_run_shard_set() -> Any:
     runs = client().list_pipeline_runs(pipeline_name=DATA_PIPELINE, sort_by="desc:created", size=20)
     for run in runs:
         if run.status in (ExecutionStatus.COMPLETED, ExecutionStatus.CACHED):
-            return shard_set_of_run(run)
+            return run
     raise FieldguideError("no dataset yet: run `python run.py --pipeline data --catalog PATH` first")
+
+
+def last_data_run_shard_set() -> Any:
+    """The `shard_set` of the newest data pipeline run, cached or not (see last_data_run)."""
+    return shard_set_of_run(last_data_run())
+
+
+def catalog_of_run(run: Any) -> str:
+    """The catalog a data pipeline run read."""
+    return str(client().get_pipeline_run(run.id).steps["ingest_catalog"].config.parameters["catalog"])
+
+
+def manifest_of_run(run: Any) -> Any:
+    """The dataset manifest (fieldguide.data.manifest.Manifest) a data pipeline run wrote or reused."""
+    return client().get_pipeline_run(run.id).steps["version_dataset"].outputs["manifest"][0].load()
+
+
+def qa_of_run(run: Any) -> Any:
+    """The QA result (fieldguide.data.qa.QAResult) of a data pipeline run."""
+    return client().get_pipeline_run(run.id).steps["validate_images"].outputs["qa_report"][0].load()
 
 
 def shard_set_by_version(dataset_version: str) -> Any:

@@ -29,6 +29,12 @@ def report_html(ev: Evaluation, images: dict[str, str]) -> str:
             if gate["passed"]
             else f"<p class='fail'>Quality gate: FAILED<br>{reasons}</p>"
         )
+        if gate.get("production_top1") is not None:
+            prod, top1 = gate["production_top1"], ev.metrics["top1"]
+            verdict += (
+                f"<p>Against production {html.escape(str(gate.get('production_version', '')))} on the same "
+                f"{html.escape(ev.split)} split: top-1 {top1:.3f} vs {prod:.3f} ({top1 - prod:+.3f})</p>"
+            )
     plots = "".join(
         f"<figure><img src='data:image/png;base64,{data}'><figcaption>{html.escape(cap)}</figcaption></figure>"
         for cap, data in images.items()
