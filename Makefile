@@ -8,6 +8,9 @@ CATALOG ?=
 FIELDGUIDE_HOME ?= $(CURDIR)/.fieldguide
 DEMO_DIR := $(FIELDGUIDE_HOME)/demo-catalog
 PYTEST_ARGS ?=
+# Label Studio lives in its own virtualenv: its pins (numpy, urllib3, opencv) clash with the project's.
+LS_VENV := .venv-label-studio
+LS_STAMP := $(LS_VENV)/.requirements.sha256
 
 export FIELDGUIDE_HOME
 export ZENML_CONFIG_PATH ?= $(FIELDGUIDE_HOME)/zenml
@@ -20,7 +23,8 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lint format dashboard mlflow-ui monitor-ui serve stop bench stack-local stack-sagemaker clean demo
+.PHONY: install run test lint format dashboard mlflow-ui monitor-ui serve stop bench stack-local stack-sagemaker clean demo \
+	label-studio label-studio-install label-studio-stop
 
 # Reinstall only when requirements.txt changed (its hash is stamped inside the venv).
 install: $(STAMP)
@@ -30,6 +34,24 @@ $(STAMP): requirements.txt
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
 	@set -o pipefail; $(PY) -m pip install -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@sha256sum requirements.txt > $(STAMP)
+
+# Label Studio's virtualenv (requirements-label-studio.txt), reinstalled only when that file changes.
+label-studio-install: $(LS_STAMP)
+$(LS_STAMP): requirements-label-studio.txt
+	@test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	@echo "installing Label Studio into $(LS_VENV) (first time: a few minutes)"
+	@$(LS_VENV)/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
+	@set -o pipefail; $(LS_VENV)/bin/python -m pip install -q -r requirements-label-studio.txt 2>&1 | \
+		{ grep -v "is ignored: it is neither" || true; }
+	@sha256sum requirements-label-studio.txt > $(LS_STAMP)
+
+# Label Studio on 127.0.0.1:8081 for `run.py review push/pull`; admin and token from LABEL_STUDIO_USERNAME,
+# LABEL_STUDIO_PASSWORD and LABEL_STUDIO_USER_TOKEN.
+label-studio: install label-studio-install
+	$(PY) run.py review label-studio --venv $(LS_VENV)
+
+label-studio-stop: install
+	$(PY) run.py review label-studio --stop
 
 stack-sagemaker: install
 	$(PY) run.py --stack sagemaker
@@ -46,7 +68,8 @@ run: install
 	@echo "Demo only: approving the pending versions as the labelled demo approver 'make-run' (in real use a person decides)."
 	$(PY) run.py approve-pending --by make-run --note "demo approval by make run"
 
-test: install
+# The Label Studio test starts its own Label Studio from $(LS_VENV) (free port, temporary data) and stops it.
+test: install label-studio-install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -m "not gpu and not aws" $(PYTEST_ARGS)
@@ -80,5 +103,6 @@ bench: install
 
 clean:
 	@if [ -x "$(PY)" ] && [ -d "$(FIELDGUIDE_HOME)/serving" ]; then $(PY) run.py stop || true; fi
+	@if [ -x "$(PY)" ] && [ -d "$(FIELDGUIDE_HOME)/label-studio" ]; then $(PY) run.py review label-studio --stop || true; fi
 	rm -rf $(FIELDGUIDE_HOME) .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
