@@ -13,7 +13,7 @@ import click
 from fieldguide.keys import NAMES_HELP
 
 ROOT = Path(__file__).resolve().parent
-PIPELINES = ("data", "parent", "child", "flat", "all", "deploy", "monitor")
+PIPELINES = ("data", "parent", "child", "flat", "all", "deploy", "monitor", "feedback", "retrain")
 
 
 def _configure_environment() -> None:
@@ -50,6 +50,10 @@ Examples:
   python run.py rollback                             production back to the previous release
   python run.py traffic --n 300 --shift dusk --group succulents   demo traffic to production
   python run.py --pipeline monitor --since 24h       drift and verdicts per model on production traffic
+  python run.py review list                          the review queue: flagged, uncertain, audit photos
+  python run.py review label REQUEST_ID "Aloe vera" --by alice   label one photo
+  python run.py review commit                        labels → catalog → new dataset version
+  python run.py --pipeline retrain                   retrain only the models the labels concern
 """
 
 
@@ -60,7 +64,9 @@ Examples:
     help="Pipeline to run: data (QA, manifest, shards), parent (router), child (one group), "
     "flat (one all-species baseline), all (data, parent, every child, two-stage evaluation), "
     "deploy (newest approved versions → staging → tests → production), "
-    "monitor (production traffic against the release's reference: a verdict per model).",
+    "monitor (production traffic against the release's reference: a verdict per model), "
+    "feedback (reviewed labels into the catalog: a new dataset version; = review commit), "
+    "retrain (the models reviewed labels and the monitor call for; configs/retrain.yaml).",
 )
 @click.option(
     "--group", "group", default=None, help="Child pipeline: a plant group name, or 'all' for one run per group."
@@ -166,6 +172,16 @@ def cli(
         if catalog or dataset or group:
             raise click.UsageError("--pipeline monitor takes --since (and --config), not --catalog/--dataset/--group")
         run_monitor(ROOT, since, config, until)
+        return
+    if pipeline in ("feedback", "retrain"):
+        if dataset or group or retrain:
+            raise click.UsageError(f"--pipeline {pipeline} takes --catalog and --config DIR only")
+        from pipelines.review_runs import commit_review, run_retrain
+
+        if pipeline == "feedback":
+            commit_review(ROOT, catalog, config)
+        else:
+            run_retrain(ROOT, config, catalog, no_cache)
         return
     from fieldguide.keys import ModelKey
     from pipelines.runner import run_pipeline
@@ -582,6 +598,119 @@ def traffic(
         Path(out).write_text("".join(json.dumps(a) + "\n" for a in sent.answers))
     if sent.statuses.get(200, 0) < n:
         raise click.ClickException(f"{n - sent.statuses.get(200, 0)} of {n} requests did not get an answer")
+
+
+@cli.group()
+def review() -> None:
+    """Human review of production's uncertain answers: queue, labels, Label Studio, commit into the catalog."""
+
+
+@review.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Also list photos already committed into a dataset.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+def review_list(show_all: bool, as_json: bool) -> None:
+    """The review queue: feedback-flagged photos first, then the least confident answers, then the audit sample."""
+    import json
+
+    from pipelines.review_runs import queue_rows
+
+    rows = queue_rows(show_all)
+    if as_json:
+        for entry in rows:
+            click.echo(json.dumps(entry.to_dict()))
+        return
+    if not rows:
+        click.echo("the review queue is empty (photos are kept for low confidence, the audit sample and feedback)")
+        return
+    click.echo(f"{'request id':<34} {'why':<14} {'answer (p)':<32} {'model':<18} {'feedback':<18} status")
+    for e in rows:
+        answer = f"{e.species} ({e.probability:.2f})"
+        status = e.status if e.label is None else f"{e.status}: {e.label.species} by {e.label.by}"
+        click.echo(f"{e.request_id:<34} {e.reason:<14} {answer:<32} {e.child_model:<18} {e.feedback:<18} {status}")
+    open_ = sum(e.status == "open" for e in rows)
+    click.echo(f"{len(rows)} photos, {open_} to label")
+
+
+@review.command("label")
+@click.argument("request_id")
+@click.argument("species", required=False, default="")
+@click.option("--by", "by", required=True, help="Who labels (recorded with the label).")
+@click.option("--group", "group", default="", help="The photo's group, when the router sent it elsewhere.")
+@click.option("--species", "species_opt", default="", help="The species (with --group).")
+@click.option("--new-species", "new_species", default="", help="A species the taxonomy lacks (with --group).")
+def review_label(request_id: str, species: str, by: str, group: str, species_opt: str, new_species: str) -> None:
+    """Label the photo of REQUEST_ID as SPECIES (or --group G --species S, or --new-species NAME --group G)."""
+    from fieldguide.review.queue import LabelRequest, ReviewStore, record_label, release_taxonomies
+    from registry.promotion import monitoring_dir
+
+    if species and species_opt and species != species_opt:
+        raise click.UsageError("give the species once: as SPECIES or as --species")
+    species = species or species_opt
+    if bool(species) == bool(new_species):
+        raise click.UsageError("give SPECIES (or --species S), or --new-species NAME --group G")
+    req = LabelRequest(request_id, by, species=species, group=group, new_species=new_species)
+    label, replaced = record_label(ReviewStore(), monitoring_dir("production"), req, release_taxonomies())
+    what = f"new species {label.species!r}" if label.new_species else repr(label.species)
+    click.echo(f"{request_id}: labelled {what} ({label.group}) by {label.by}")
+    if replaced is not None:
+        click.echo(f"  (replaces {replaced.species!r} by {replaced.by})")
+
+
+@review.command("push")
+@click.option("--url", default=None, help="Label Studio (default: LABEL_STUDIO_URL or http://127.0.0.1:8081).")
+def review_push(url: str | None) -> None:
+    """Import the open photos of the queue into Label Studio's review project (the answer pre-filled)."""
+    from fieldguide.review.labelstudio import LabelStudio, push
+    from fieldguide.review.queue import ReviewStore, release_taxonomies
+    from pipelines.review_runs import queue_rows
+
+    client = LabelStudio.from_env(url)
+    done = push(ReviewStore(), queue_rows(False), client, release_taxonomies())
+    click.echo(f"Label Studio project {done.project} at {client.url}: {done.done} photos added, {done.unchanged} there")
+
+
+@review.command("pull")
+@click.option("--url", default=None, help="Label Studio (default: LABEL_STUDIO_URL or http://127.0.0.1:8081).")
+def review_pull(url: str | None) -> None:
+    """Record Label Studio's finished annotations as labels (by each annotator's email)."""
+    from fieldguide.review.labelstudio import LabelStudio, pull
+    from fieldguide.review.queue import ReviewStore, release_taxonomies
+    from registry.promotion import monitoring_dir
+
+    client = LabelStudio.from_env(url)
+    done = pull(ReviewStore(), monitoring_dir("production"), client, release_taxonomies())
+    for line in done.refused:
+        click.echo(f"  refused: {line}")
+    click.echo(f"Label Studio project {done.project}: {done.done} labels recorded, {done.unchanged} unchanged")
+
+
+@review.command("label-studio")
+@click.option("--venv", default=".venv-label-studio", show_default=True, help="Label Studio's virtualenv.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8081, show_default=True)
+@click.option("--stop", is_flag=True, help="Stop the Label Studio this command started.")
+def review_label_studio(venv: str, port: int, stop: bool) -> None:
+    """Start Label Studio on 127.0.0.1 (data under FIELDGUIDE_HOME/label-studio), admin and token from the env."""
+    import os
+
+    from fieldguide.review.labelstudio import PASSWORD_VAR, TOKEN_VAR, USER_VAR, Server
+
+    server = Server(ROOT / venv, Path(os.environ["FIELDGUIDE_HOME"]) / "label-studio", port)
+    if stop:
+        click.echo("Label Studio stopped" if server.stop() else "Label Studio was not running")
+        return
+    env = os.environ.get
+    url = server.start(env(USER_VAR, ""), env(PASSWORD_VAR, ""), env(TOKEN_VAR, ""))
+    click.echo(f"Label Studio: {url} (log in as {env(USER_VAR)}); `make label-studio-stop` stops it")
+
+
+@review.command("commit")
+@click.option("--catalog", "catalog", default=None, help="Catalog CSV (default: the last data pipeline run's).")
+@click.option("--config", "config", default=None, help="Config folder with data.yaml (default: configs/).")
+def review_commit(catalog: str | None, config: str | None) -> None:
+    """Copy labelled photos into the catalog (feedback/ area, source=review rows) and run the data pipeline."""
+    from pipelines.review_runs import commit_review
+
+    commit_review(ROOT, catalog, config)
 
 
 @cli.command()

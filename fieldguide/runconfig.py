@@ -15,6 +15,7 @@ from fieldguide.config import DataConfig, from_dict, load_yaml
 from fieldguide.errors import ConfigError
 from fieldguide.evaluate.gate import GateConfig
 from fieldguide.monitor.config import CaptureConfig, Thresholds
+from fieldguide.review.config import RetrainConfig
 from fieldguide.serve.release import ServingConfig
 from fieldguide.train.params import TrainParams
 from fieldguide.train.tuning import TuneConfig
@@ -104,6 +105,7 @@ PARAMETERS: dict[str, type] = {
     "release": ReleaseConfig,
     "deploy": DeployConfig,
     "monitor": MonitorConfig,
+    "retrain": RetrainConfig,
 }
 
 

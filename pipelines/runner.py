@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -430,28 +430,53 @@ def run_pipeline(
             raise FieldguideError(
                 f"--retrain {', '.join(unknown)}: not trained by this run ({', '.join(k.name for k in keys)})"
             )
-        produced: dict[str, str] = {}
-        to_train: list[ModelRun] = []
-        for key in keys:  # every config, init and skip decided before the first run starts
-            prepared = prepare_model(root, key, model_config(config, pipeline, key), ds)
-            same = unchanged_version(prepared, ds) if pipeline == "all" and key.name not in retrain else None
-            if same is not None:
-                produced[key.name] = str(same.id)
-            else:
-                prepared.check_start()
-                to_train.append(prepared)
-        trained_router = ""
-        for prepared in to_train:
-            key = prepared.key
-            if trained_router and key.kind == "child":  # its start: the router this run just trained
-                prepared = prepare_model(root, key, model_config(config, pipeline, key), ds, trained_router)
-            produced[key.name] = record_run(run_prepared(prepared, ds, no_cache))
-            if key.kind == "router":
-                trained_router = produced[key.name]
+        produced = train_models(
+            root,
+            keys,
+            ds,
+            lambda key: model_config(config, pipeline, key),
+            no_cache,
+            skip_unchanged=lambda key: pipeline == "all" and key.name not in retrain,
+        )
         if pipeline == "all":
             flat = produced.pop(ModelKey.flat().name, "")
             run_release_eval(root, release_file, ds, produced, flat)
         return produced
+
+
+def train_models(
+    root: Path,
+    keys: list[ModelKey],
+    ds: Dataset,
+    config_of: Callable[[ModelKey], str | None],
+    no_cache: bool,
+    skip_unchanged: Callable[[ModelKey], bool],
+) -> dict[str, str]:
+    """Train `keys` on `ds` (the router first); returns name → version id, trained or matched.
+
+    A model for which `skip_unchanged` holds is not trained when its fingerprint equals a version's (that version
+    is returned). Every config, start and skip is decided before the first run starts; children start from the
+    router trained in the same run, if any.
+    """
+    produced: dict[str, str] = {}
+    to_train: list[ModelRun] = []
+    for key in keys:
+        prepared = prepare_model(root, key, config_of(key), ds)
+        same = unchanged_version(prepared, ds) if skip_unchanged(key) else None
+        if same is not None:
+            produced[key.name] = str(same.id)
+        else:
+            prepared.check_start()
+            to_train.append(prepared)
+    trained_router = ""
+    for prepared in to_train:
+        key = prepared.key
+        if trained_router and key.kind == "child":  # its start: the router this run just trained
+            prepared = prepare_model(root, key, config_of(key), ds, trained_router)
+        produced[key.name] = record_run(run_prepared(prepared, ds, no_cache))
+        if key.kind == "router":
+            trained_router = produced[key.name]
+    return produced
 
 
 def release_config(root: Path, config: str | None) -> Any:

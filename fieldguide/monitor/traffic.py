@@ -170,3 +170,22 @@ def send(
     bar.close()
     out.seconds = time.monotonic() - start
     return out
+
+
+def top1_on(bundle: Any, photos: list[Photo], store_size: int, jpeg_quality: int) -> float:
+    """A model's top-1 on traffic photos, each seen as the shards store it (a child's photos: its group's only).
+
+    Used to compare a retrained model with production on fresh shifted photos that neither saw in training.
+    """
+    import torch
+
+    from fieldguide.data.images import load_rgb
+    from fieldguide.monitor.capture import as_stored
+    from fieldguide.train.models import eval_transform
+
+    transform = eval_transform(bundle.meta.data_config)
+    batch = torch.stack([transform(as_stored(load_rgb(p.data), store_size, jpeg_quality)) for p in photos])
+    with torch.no_grad():
+        answers = bundle.model(batch).argmax(1).tolist()
+    classes = list(bundle.meta.classes)
+    return sum(classes[a] == p.species for a, p in zip(answers, photos, strict=True)) / max(len(photos), 1)

@@ -27,5 +27,7 @@ def record_verdicts(assessments: list[dict[str, Any]], window: dict[str, Any]) -
             "window": f"{window['since']} → {window['until']}",
             "at": at,
         }
+        if "feedback" in a.figures:  # accuracy on the answers users corrected, beside the reference (retrain policy)
+            record["feedback"] = a.figures["feedback"]
         record_monitoring(window["version_ids"][a.model], record)
     return verdicts
