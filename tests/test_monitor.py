@@ -265,11 +265,17 @@ def test_bad_feedback_gets_a_clear_error_and_changes_no_log(served, in_distribut
     assert (len(read_records(folder, PREDICTIONS)), len(read_records(folder, FEEDBACK))) == before
 
 
-def test_dusk_photos_of_succulents_flag_their_child(served, releases, capsys):
+@pytest.fixture(scope="module")
+def dusk(served) -> list[dict]:
+    """300 dusk photos of succulents and 120 in-distribution flowers (the window "dusk"); their answers."""
+    answers = send_in_process(served, "dusk", 300, 202, "dusk", "succulents")
+    return answers + send_in_process(served, "dusk", 120, 203, group="flowers")
+
+
+def test_dusk_photos_of_succulents_flag_their_child(served, dusk, releases, capsys):
     """Acceptance 2: dusk succulents → child-succulents retrain_recommended, while a child whose routed requests were
     all in distribution (flowers, sent in the same window) is not flagged; the router's verdict has reasons."""
-    answers = send_in_process(served, "dusk", 300, 202, "dusk", "succulents")
-    answers += send_in_process(served, "dusk", 120, 203, group="flowers")
+    answers = dusk
     verdicts, printed = monitor_in_process(served, "dusk", capsys)
     assert verdicts["child-succulents"] == "retrain_recommended", printed
     assert re.search(r"^  router: (ok|watch|retrain_recommended) \(420 requests\) — \S", printed, re.M), printed
@@ -296,3 +302,147 @@ def test_a_new_species_of_ferns_flags_their_child(served, capsys):
     verdicts, printed = monitor_in_process(served, "new-species", capsys)
     assert verdicts["child-ferns"] in ("watch", "retrain_recommended"), printed
     assert re.search(r"^  child-ferns: .*embedding drift", printed, re.M), printed
+
+
+# The review loop (issue 16) continues from this module's production traffic: the dusk photos production was unsure
+# of → Label Studio → review pull → review commit → --pipeline retrain → a pending child-succulents.
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    """A real Label Studio from .venv-label-studio (`make test` installs it) on a free port with its own data."""
+    import secrets
+
+    from fieldguide.ports import free_port
+    from fieldguide.review.labelstudio import LabelStudio, Server
+
+    server = Server(ROOT / ".venv-label-studio", tmp_path_factory.mktemp("label-studio"), free_port())
+    token = secrets.token_hex(20)
+    server.start("admin@example.com", "fieldguide-test-pass", token)
+    yield LabelStudio(server.url, token)
+    server.stop()
+
+
+def annotator_token(url: str, email: str) -> str:
+    """Sign up in Label Studio's web form as an annotator would, then read the new user's API token."""
+    import requests
+
+    web = requests.Session()
+    web.get(f"{url}/user/signup/", timeout=30)
+    form = {"email": email, "password": "Annot8tor-pass!", "csrfmiddlewaretoken": web.cookies.get("csrftoken", "")}
+    web.post(f"{url}/user/signup/", data=form, headers={"Referer": f"{url}/user/signup/"}, timeout=30)
+    return web.get(f"{url}/api/current-user/token", timeout=30).json()["token"]
+
+
+def review_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    res = run_cli("review", *args, env=env)
+    return res.returncode, res.stdout + res.stderr
+
+
+def test_review_loop_retrains_only_the_child_the_labels_concern(
+    served, dusk, releases, dataset, demo_catalog, label_studio, home, tmp_path, capsys
+):
+    """Acceptance 1, 2 and 4: queue → Label Studio → pull → commit → retrain → pending, better on fresh dusk photos."""
+    import shutil
+
+    import requests
+
+    from fieldguide.monitor.traffic import release_taxonomy, top1_on, traffic_photos
+    from fieldguide.review.queue import REASON_RANK
+    from fieldguide.serve.servers import release_folder
+    from registry.versions import get_version, load_model
+
+    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_USER_TOKEN": label_studio.token}
+    if production_metadata(releases.good["child-succulents"]).get("verdict") != "retrain_recommended":
+        monitor_in_process(served, "dusk", capsys)  # this test run alone: the dusk window's verdict first
+    rc, out = review_cli("list", "--json", env=env)
+    assert rc == 0, out
+    queue = [json.loads(line) for line in out.splitlines()]
+    assert [REASON_RANK[e["reason"]] for e in queue] == sorted(REASON_RANK[e["reason"]] for e in queue)
+    assert len({e["sha256"] for e in queue}) == len(queue)  # one entry per photo
+    truth = {a["request_id"]: a for a in dusk if a["shift"] == "dusk"}
+    ours = [e for e in queue if e["request_id"] in truth and e["group"] == "succulents"]  # child-succulents' answers
+    assert len(ours) >= 40, (len(ours), len(queue))
+
+    rc, out = review_cli("push", env=env)
+    assert rc == 0 and re.search(r"(\d+) photos added", out), out
+    # An annotator signs up and labels the dusk photos through Label Studio's HTTP API.
+    annotator = "annotator@example.com"
+    auth = {"Authorization": f"Token {annotator_token(label_studio.url, annotator)}"}
+    project = label_studio.find_project("fieldguide review")
+    listing = requests.get(
+        f"{label_studio.url}/api/tasks",
+        params={"project": project, "page_size": 1000},
+        headers=auth,
+        timeout=60,
+    ).json()["tasks"]
+    tasks = {t["data"]["request_id"]: t["id"] for t in listing}
+    for entry in ours:
+        answer = {"from_name": "species", "to_name": "image", "type": "choices"}
+        answer["value"] = {"choices": [truth[entry["request_id"]]["species"]]}
+        response = requests.post(
+            f"{label_studio.url}/api/tasks/{tasks[entry['request_id']]}/annotations",
+            json={"result": [answer], "lead_time": 2.0},
+            headers=auth,
+            timeout=30,
+        )
+        assert response.status_code == 201, response.text[:300]
+    rc, out = review_cli("pull", env=env)
+    assert rc == 0 and f"{len(ours)} labels recorded" in out, out
+    labels = home / "review" / "labels.jsonl"
+    recorded = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert {r["by"] for r in recorded} == {annotator} and all(r["source"] == "label-studio" for r in recorded)
+
+    # Acceptance 4: bad input → one line, exit 2, the queue unchanged.
+    before = labels.read_bytes()
+    other = next(r for r in recorded)["request_id"]
+    for args, said in (
+        (("label", "no-such-request", "Aloe vera", "--by", "bob"), "unknown request id"),
+        (("label", other, "Rosa canina", "--by", "bob"), "not a species of release"),
+        (("label", other, "--new-species", "Aloe vera", "--group", "succulents", "--by", "bob"), "already a species"),
+    ):
+        rc, out = review_cli(*args, env=env)
+        assert rc == 2 and said in out and len(out.strip().splitlines()) == 1, (args, out)
+    rc, out = review_cli("pull", env={**env, "LABEL_STUDIO_URL": "http://127.0.0.1:9"})
+    assert rc == 2 and "not reachable" in out and len(out.strip().splitlines()) == 1, out
+    assert labels.read_bytes() == before
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(demo_catalog.parent, catalog)
+    res = run_cli("review", "commit", "--catalog", str(catalog / "catalog.csv"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    added = re.findall(r"^  added (\S+)  ", res.stdout, re.M)
+    assert re.search(rf"{len(ours)} rows added .*0 removed, 0 relabelled, 0 changed", res.stdout), res.stdout[-2000:]
+    assert len(added) == len(ours) and all(str(catalog) in uri for uri in added)
+    rows = (catalog / "catalog.csv").read_text().splitlines()
+    assert sum(line.endswith(f",review,{annotator}") for line in rows) == len(ours)
+    rc, out = review_cli("label", ours[0]["request_id"], "Aloe vera", "--by", "bob", env=env)
+    assert rc == 2 and "already committed" in out, out
+
+    config = tmp_path / "retrain-config"
+    config.mkdir()
+    (config / "retrain.yaml").write_text("parameters: {min_labels: 20, cooldown_h: 0, require_signal: true}\n")
+    shutil.copy(ROOT / "tests/configs/child_serve.yaml", config / "child.yaml")  # as production's children
+    res = run_cli("--pipeline", "retrain", "--catalog", str(catalog / "catalog.csv"), "--config", str(config))
+    assert res.returncode == 0, res.stderr[-3000:]
+    print(res.stdout[-3000:])
+    assert re.search(r"^child-succulents: retraining — \d+ new labels concern it", res.stdout, re.M), res.stdout
+    for skipped in ("router", "child-ferns", "child-flowers"):
+        assert re.search(rf"^{skipped}: skipped — ", res.stdout, re.M), res.stdout
+    trained = re.findall(r"^(\S+) v(\d+): pending", res.stdout, re.M)
+    assert [name for name, _ in trained] == ["child-succulents"], res.stdout
+    from registry.versions import find_version
+
+    new = find_version("child-succulents", trained[0][1])
+    gate = new.get_artifact("evaluation").load().gate
+    assert gate["production_top1"] is not None and gate["production_version"]  # compared on the same test split
+
+    # Acceptance 2: fresh dusk photos neither model saw.
+    taxonomy = release_taxonomy(release_folder(served.release))
+    photos = list(traffic_photos(taxonomy, 160, 909, 64, "dusk", "succulents"))
+    stored = (dataset.shard_set.store_size, dataset.shard_set.jpeg_quality)
+    before_acc = top1_on(load_model(get_version(releases.good["child-succulents"])), photos, *stored)
+    after_acc = top1_on(load_model(new), photos, *stored)
+    margin = 2 * np.sqrt((before_acc * (1 - before_acc) + after_acc * (1 - after_acc)) / len(photos))
+    print(f"fresh dusk succulents ({len(photos)}): production {before_acc:.3f}, retrained {after_acc:.3f}")
+    assert after_acc - before_acc > margin, (before_acc, after_acc, margin)
