@@ -175,7 +175,7 @@ def cli(
         return
     if pipeline in ("feedback", "retrain"):
         if dataset or group or retrain:
-            raise click.UsageError(f"--pipeline {pipeline} takes --catalog and --config DIR only")
+            raise click.UsageError(f"--pipeline {pipeline} takes --catalog and --config only")
         from pipelines.review_runs import commit_review, run_retrain
 
         if pipeline == "feedback":
@@ -662,10 +662,10 @@ def review_push(url: str | None) -> None:
     """Import the open photos of the queue into Label Studio's review project (the answer pre-filled)."""
     from fieldguide.review.labelstudio import LabelStudio, push
     from fieldguide.review.queue import ReviewStore, release_taxonomies
-    from pipelines.review_runs import queue_rows
+    from registry.promotion import monitoring_dir
 
     client = LabelStudio.from_env(url)
-    done = push(ReviewStore(), queue_rows(False), client, release_taxonomies())
+    done = push(ReviewStore(), monitoring_dir("production"), client, release_taxonomies())
     click.echo(f"Label Studio project {done.project} at {client.url}: {done.done} photos added, {done.unchanged} there")
 
 

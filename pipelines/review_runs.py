@@ -54,14 +54,15 @@ def commit_review(root: Path, catalog: str | None, config: str | None) -> str:
         before = run_data(root, data_config, str(path), no_cache=False)
         old = manifest_of_run(before)
         cfg = load_run_config(root, "data", data_config).params
-        new_species = new_species_of({lab.sha256: lab for lab in waiting})
+        samples = SampleStore(monitoring_dir("production"), CaptureConfig())
+        addition = add_photos(path, waiting, lambda sha: store.photo(sha) or samples.kept(sha))
+        for lab in addition.missing:
+            print(f"not committed: {lab.request_id}: its photo is gone", flush=True)
+        new_species = new_species_of({lab.sha256: lab for lab in addition.labels})
         taxonomy = cfg.taxonomy or default_taxonomy(str(path))
         if new_species and taxonomy:
             added = extend_taxonomy(Path(taxonomy), new_species)
             print(f"taxonomy {taxonomy}: added {', '.join(added) or 'nothing (already there)'}", flush=True)
-        addition = add_photos(path, waiting, SampleStore(monitoring_dir("production"), CaptureConfig()).kept)
-        for lab in addition.missing:
-            print(f"not committed: {lab.request_id}: its photo is gone (past the samples' retention)", flush=True)
         append_rows(path, addition.rows)
         after = run_data(root, data_config, str(path), no_cache=False)
         summarise_run(after)
@@ -83,6 +84,8 @@ def commit_review(root: Path, catalog: str | None, config: str | None) -> str:
         stamp = datetime.now(UTC).isoformat()
         done = [*addition.labels, *addition.present]
         store.append([_committed(lab, new.dataset_version, stamp) for lab in done])
+        for lab in done:
+            store.unpin(lab.sha256)
         print(f"{len(done)} labels committed into dataset {new.dataset_version}", flush=True)
         return new.dataset_version
 
@@ -114,17 +117,22 @@ def run_retrain(root: Path, config: str | None, catalog: str | None, no_cache: b
         raise FieldguideError(f"--pipeline retrain takes --config DIR (its retrain.yaml, data.yaml, …): {config}")
     ensure_repository(root)
     policy = load_run_config(root, "retrain", config_in(config, "retrain")).params
+    min_feedback = load_run_config(root, "monitor", config_in(config, "monitor")).params.thresholds.min_feedback
     data_config = config_in(config, "data")
     with pipeline_errors():
         ds = resolve_dataset(root, None, default_catalog(root, data_config, catalog), no_cache, data_config=data_config)
-        committed = [lab for lab in ReviewStore().labels().values() if lab.committed_at]
+        store = ReviewStore()
+        with store.locked():  # no commit between reading the labels and deciding
+            committed = [lab for lab in store.labels().values() if lab.committed_at]
         now = datetime.now(UTC)
-        selected = []
+        selected, before = [], {}
         for key in release_members(ds.groups):
             versions = list_versions(key)
+            before[key.name] = versions[-1].number if versions else 0
             production = production_version(key)
             monitoring = dict(production.run_metadata.get("monitoring") or {}) if production is not None else {}
-            decision = decide(key, committed, monitoring, _created(versions[-1]) if versions else None, policy, now)
+            newest = _created(versions[-1]) if versions else None
+            decision = decide(key, committed, monitoring, newest, policy, now, min_feedback)
             print(decision.line(), flush=True)
             if decision.retrain:
                 selected.append(key)
@@ -134,15 +142,18 @@ def run_retrain(root: Path, config: str | None, catalog: str | None, no_cache: b
         produced = train_models(
             root, selected, ds, lambda key: config_in(config, key.pipeline), no_cache, lambda k: k.kind != "router"
         )
-    _print_pending(produced)
+    _print_new(produced, before)
     return produced
 
 
-def _print_pending(produced: dict[str, str]) -> None:
+def _print_new(produced: dict[str, str], before: dict[str, int]) -> None:
+    """One line per version this run registered (a reused, unchanged version was already said so)."""
     from registry.versions import approval_of, get_version
 
     for name, version_id in produced.items():
         version = get_version(version_id)
+        if version.number <= before.get(name, 0):
+            continue
         state = approval_of(version).get("state", "?")
         print(f"{name} v{version.number}: {state} (a person approves it: run.py approve {name} {version.number})")
 

@@ -30,7 +30,7 @@ class Addition:
     labels: list[Label] = field(default_factory=list)
     # Labels whose photo is gone (past the sample store's retention): not committed.
     missing: list[Label] = field(default_factory=list)
-    # Labels whose photo is already a row of the catalog (an earlier commit that did not finish).
+    # Labels whose photo is already a row of the catalog, with this label (an earlier commit that did not finish).
     present: list[Label] = field(default_factory=list)
 
 
@@ -54,7 +54,7 @@ def add_photos(catalog: Path, labels: list[Label], photo_of: Callable[[str], Pat
 
     The file is named by the sha256 of its own bytes (the kept, metadata-free photo), so a photo is stored once.
     """
-    existing = {row.get("uri", "") for row in _read(catalog)[1]}
+    existing = {row.get("uri", ""): row for row in _read(catalog)[1]}
     out = Addition()
     for label in labels:
         photo = photo_of(label.sha256)
@@ -64,7 +64,12 @@ def add_photos(catalog: Path, labels: list[Label], photo_of: Callable[[str], Pat
         data = photo.read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         rel = f"{FEEDBACK_AREA}/{sha[:2]}/{sha}{photo.suffix.lower()}"
-        if rel in existing:
+        old = existing.get(rel)
+        if old is not None and (old.get("label"), old.get("group"), old.get("labeller")) == (
+            label.species,
+            label.group,
+            label.by,
+        ):
             out.present.append(label)
             continue
         target = catalog.parent / rel
@@ -77,7 +82,6 @@ def add_photos(catalog: Path, labels: list[Label], photo_of: Callable[[str], Pat
             {"uri": rel, "label": label.species, "group": label.group, "source": REVIEW_SOURCE, "labeller": label.by}
         )
         out.labels.append(label)
-        existing.add(rel)
     return out
 
 
@@ -89,8 +93,14 @@ def _read(catalog: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def append_rows(catalog: Path, rows: list[dict[str, str]]) -> None:
-    """Append rows to a catalog CSV, adding the provenance and group columns when it lacks them (atomically)."""
+    """Append rows to a catalog CSV, adding the provenance and group columns when it lacks them (atomically).
+
+    A row whose uri is already in the catalog replaces that row (a photo relabelled after an interrupted commit).
+    """
     columns, old = _read(catalog)
+    replacing = {row["uri"]: row for row in rows}
+    old = [replacing.pop(row.get("uri", ""), row) for row in old]
+    rows = list(replacing.values())
     for name in ("group", *PROVENANCE):
         if name not in columns:
             columns.append(name)

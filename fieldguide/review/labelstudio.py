@@ -9,12 +9,14 @@ needs that SDK in the project's environment, for the same reason it is not used.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -80,6 +82,14 @@ def _choice(name: str, value: str) -> dict[str, Any]:
     return {"from_name": name, "to_name": "image", "type": "choices", "value": {"choices": [value]}}
 
 
+def _older(annotation_time: str, label_time: str) -> bool:
+    """True when an annotation was last changed before a label was recorded (it is that label, or older)."""
+    try:
+        return datetime.fromisoformat(annotation_time) <= datetime.fromisoformat(label_time)
+    except ValueError:
+        return False
+
+
 def annotation_request(task: dict[str, Any], annotation: dict[str, Any], by: str) -> LabelRequest | None:
     """The label an annotation gives (None for a skipped or empty one)."""
     if annotation.get("was_cancelled"):
@@ -90,7 +100,9 @@ def annotation_request(task: dict[str, Any], annotation: dict[str, Any], by: str
         picked = value.get("choices") or value.get("text") or []
         if picked:
             values[item.get("from_name", "")] = str(picked[0]).strip()
-    rid = task["data"]["request_id"]
+    rid = str((task.get("data") or {}).get("request_id") or "")
+    if not rid:
+        return None
     if values.get(NEW_SPECIES):
         return LabelRequest(rid, by, group=values.get(GROUP, ""), new_species=values[NEW_SPECIES])
     if values.get(SPECIES):
@@ -102,9 +114,13 @@ def annotation_request(task: dict[str, Any], annotation: dict[str, Any], by: str
 class LabelStudio:
     """A Label Studio server's REST API, authenticated by an API token."""
 
+    # Its base URL (http://127.0.0.1:8081).
     url: str
+    # An API token (a legacy token, sent as `Authorization: Token ...`).
     token: str
+    # Seconds one call may take (an import carries the photos inline).
     timeout_s: float = 60.0
+    # One connection pool for all calls.
     session: requests.Session = field(default_factory=requests.Session, repr=False)
 
     @classmethod
@@ -143,7 +159,10 @@ class LabelStudio:
             raise FieldguideError(
                 f"Label Studio {method} {path}: HTTP {response.status_code}: {response.text[:300].strip()}"
             )
-        return response.json() if response.content else None
+        try:
+            return response.json() if response.content else None
+        except ValueError:
+            raise FieldguideError(f"{self.url}{path} did not answer JSON: is that Label Studio?") from None
 
     def project(self, title: str, config: str) -> int:
         """The id of the project titled `title`, created or its label config updated to `config`."""
@@ -234,10 +253,16 @@ class Server:
             raise FieldguideError(f"port {self.port} is in use by something that is not Label Studio: pick --port")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port)]
-        args += ["--data-dir", str(self.data_dir), "--username", user, "--password", password, "--user-token", token]
-        args += ["--enable-legacy-api-token"]
+        args += ["--data-dir", str(self.data_dir)]
         env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT", "USERNAME", "PASSWORD")}
         env |= QUIET_ENV | {"LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir)}
+        # The account and token go through the environment (not argv, which `ps` shows to every user).
+        env |= {
+            USER_VAR: user,
+            PASSWORD_VAR: password,
+            TOKEN_VAR: token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        }
         log = self.data_dir / "label-studio.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -287,6 +312,7 @@ class Server:
 class Sync:
     """What a push or a pull did."""
 
+    # The review project's id.
     project: int
     # Push: tasks created. Pull: labels recorded.
     done: int = 0
@@ -296,14 +322,15 @@ class Sync:
     refused: list[str] = field(default_factory=list)
 
 
-def push(store: Any, queue: list[Entry], client: LabelStudio, taxonomy_of: Any, title: str = PROJECT) -> Sync:
+def push(store: Any, monitor: Path, client: LabelStudio, taxonomy_of: Any, title: str = PROJECT) -> Sync:
     """Create or update the review project and import every open photo not yet in it.
 
     The project's choices are the answering releases' taxonomies and the species reviewers added; each task carries
     the model's answer as a prediction (pre-filled for the annotator).
     """
-    from fieldguide.review.queue import OPEN, new_species_of
+    from fieldguide.review.queue import OPEN, build_queue, new_species_of
 
+    queue = build_queue(monitor, store)
     taxonomy: dict[str, list[str]] = {}
     for release in sorted({e.release for e in queue}):
         for group, names in taxonomy_of(release).items():
@@ -315,11 +342,15 @@ def push(store: Any, queue: list[Entry], client: LabelStudio, taxonomy_of: Any, 
         state = store.state("labelstudio")
         key = f"{client.url}#{project}"
         tasks: dict[str, int] = state.setdefault(key, {})
-        waiting = [e for e in queue if e.status == OPEN]
+        waiting = [e for e in build_queue(monitor, store) if e.status == OPEN]
         new = [e for e in waiting if e.sha256 not in tasks]
         for start in range(0, len(new), 50):
-            batch = new[start : start + 50]
-            ids = client.import_tasks(project, [task_of(e) for e in batch])
+            batch, payload = [], []
+            for entry in new[start : start + 50]:
+                with contextlib.suppress(FileNotFoundError):  # swept since the queue was read
+                    payload.append(task_of(entry))
+                    batch.append(entry)
+            ids = client.import_tasks(project, payload) if payload else []
             tasks.update({e.sha256: t for e, t in zip(batch, ids, strict=False)})
             store.save_state("labelstudio", state)
     return Sync(project, len(new), len(waiting) - len(new))
@@ -349,13 +380,13 @@ def pull(store: Any, monitor: Path, client: LabelStudio, taxonomy_of: Any, title
             annotation = max(done, key=lambda a: a.get("updated_at") or a.get("created_at") or "")
             by = users.get(int(annotation.get("completed_by") or 0), str(annotation.get("completed_by")))
             req = annotation_request(task, annotation, by)
-            entry = queue.get(task["data"].get("sha256", ""))
+            entry = queue.get(str((task.get("data") or {}).get("sha256", "")))
             if req is None or entry is None:
                 out.refused.append(f"task {task['id']}: {'no species chosen' if req is None else 'photo not queued'}")
                 continue
             current = entry.label
-            same = current is not None and (current.species, current.by) == (req.species or req.new_species, by)
-            if current is not None and (current.committed_at or same):
+            when = annotation.get("updated_at") or annotation.get("created_at") or ""
+            if current is not None and (current.committed_at or _older(when, current.at)):
                 out.unchanged += 1
                 continue
             try:
@@ -365,6 +396,7 @@ def pull(store: Any, monitor: Path, client: LabelStudio, taxonomy_of: Any, title
                 continue
             if label.new_species:
                 known_new[label.species] = label.group
+            store.pin(entry.sha256, entry.photo)
             recorded.append(label)
         store.append(recorded)
         out.done = len(recorded)

@@ -16,8 +16,11 @@ from fieldguide.review.queue import Label
 class Decision:
     """Whether one model is retrained, and why (printed by the run)."""
 
+    # The model's name.
     model: str
+    # Whether this run trains it.
     retrain: bool
+    # Why (labels counted, the monitor's signal, the cooldown).
     reasons: list[str] = field(default_factory=list)
     # Committed labels that concern the model since its newest version.
     labels: int = 0
@@ -34,12 +37,16 @@ def concerns(key: ModelKey, label: Label) -> bool:
     return key.kind == "child" and label.group == key.group
 
 
-def signal(monitoring: dict[str, Any]) -> str:
-    """Why the monitor asks for a retrain ('' when it does not): its verdict, or feedback accuracy below reference."""
+def signal(monitoring: dict[str, Any], min_feedback: int = 20) -> str:
+    """Why the monitor asks for a retrain ('' when it does not).
+
+    Its verdict, or feedback accuracy below the model's reference accuracy on at least `min_feedback` answers (the
+    monitor's own threshold: a handful of corrections, which users send mostly for wrong answers, is no signal).
+    """
     if monitoring.get("verdict") == RETRAIN_VERDICT:
         return f"monitor verdict {RETRAIN_VERDICT} ({monitoring.get('window', 'last window')})"
     fb = monitoring.get("feedback") or {}
-    if fb and fb.get("accuracy", 1.0) < fb.get("reference", 0.0):
+    if fb and fb.get("answers", 0) >= min_feedback and fb.get("accuracy", 1.0) < fb.get("reference", 0.0):
         return f"feedback accuracy {fb['accuracy']:.2f} below the reference {fb['reference']:.2f}"
     return ""
 
@@ -51,6 +58,7 @@ def decide(
     newest: datetime | None,
     cfg: RetrainConfig,
     now: datetime,
+    min_feedback: int = 20,
 ) -> Decision:
     """Decide one model.
 
@@ -61,6 +69,7 @@ def decide(
         newest: when its newest version was created (None: it has none).
         cfg: the policy.
         now: the time of the decision.
+        min_feedback: answers with feedback before feedback accuracy counts (the monitor's thresholds).
     """
     since = [lab for lab in committed if concerns(key, lab)]
     if newest is not None:
@@ -72,7 +81,7 @@ def decide(
     reasons, ok = [counted], n >= cfg.min_labels and n > 0
     if not ok:
         reasons[0] += f" (needs {max(cfg.min_labels, 1)})"
-    why = signal(monitoring)
+    why = signal(monitoring, min_feedback)
     if cfg.require_signal and not why:
         reasons.append("no monitoring signal (verdict retrain_recommended or fallen feedback accuracy)")
         ok = False

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from fieldguide.errors import FieldguideError
 from fieldguide.monitor.capture import FEEDBACK, PREDICTIONS, SampleStore, find_record, now_iso, read_records
@@ -24,6 +26,8 @@ from fieldguide.monitor.config import CaptureConfig
 # Queue order: photos users flagged, then the least confident answers, then the random audit sample.
 REASON_RANK = {"feedback": 0, "low_confidence": 1, "audit": 2}
 OPEN, LABELLED, COMMITTED = "open", "labelled", "committed"
+# Seconds a review command waits for another one (a commit holds the lock while the data pipeline runs).
+LOCK_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -111,6 +115,7 @@ def review_dir() -> Path:
 class ReviewStore:
     """Labels and commits on disk; every change happens under a file lock, appended as one JSON line."""
 
+    # labels.jsonl, the labelled photos' copies (photos/), Label Studio's task ids and the lock.
     folder: Path = field(default_factory=review_dir)
 
     @property
@@ -122,18 +127,47 @@ class ReviewStore:
     def locked(self) -> Iterator[None]:
         """Hold the review lock (label, pull and commit change the store one at a time)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.folder / "review.lock"), timeout=600):
-            yield
+        try:
+            with FileLock(str(self.folder / "review.lock"), timeout=LOCK_TIMEOUT_S):
+                yield
+        except Timeout:
+            raise FieldguideError(
+                "another review command holds the review lock (a `review commit` runs the data pipeline): "
+                "try again when it has finished"
+            ) from None
 
     def labels(self) -> dict[str, Label]:
         """The current label of each photo (the newest line per sha256)."""
         out: dict[str, Label] = {}
         if self.labels_file.is_file():
-            for line in self.labels_file.read_text().splitlines():
-                if line.strip():
+            for n, line in enumerate(self.labels_file.read_text().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
                     label = Label(**json.loads(line))
-                    out[label.sha256] = label
+                except (ValueError, TypeError):  # a line cut short by a crash: the lines after it still count
+                    print(f"warning: {self.labels_file}:{n} is not a label; ignored", file=sys.stderr)
+                    continue
+                out[label.sha256] = label
         return out
+
+    def pin(self, sha256: str, photo: Path) -> None:
+        """Keep a labelled photo's own copy until it is committed (the sample store may delete its original)."""
+        target = self.folder / "photos" / f"{sha256}{photo.suffix}"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            shutil.copyfile(photo, tmp)
+            tmp.replace(target)
+
+    def photo(self, sha256: str) -> Path | None:
+        """A labelled photo's pinned copy, if any."""
+        return next(iter(sorted((self.folder / "photos").glob(f"{sha256}.*"))), None)
+
+    def unpin(self, sha256: str) -> None:
+        """Drop a committed photo's copy (the catalog holds it now)."""
+        for path in (self.folder / "photos").glob(f"{sha256}.*"):
+            path.unlink(missing_ok=True)
 
     def append(self, labels: list[Label]) -> None:
         """Record labels (call under `locked`)."""
@@ -350,5 +384,6 @@ def record_label(
     with store.locked():
         entry = find_entry(build_queue(monitor, store), req.request_id, monitor)
         label = make_label(req, entry, taxonomy_of(entry.release), new_species_of(store.labels()), source)
+        store.pin(entry.sha256, entry.photo)
         store.append([label])
     return label, entry.label
