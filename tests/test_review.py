@@ -20,7 +20,7 @@ from fieldguide.monitor.capture import Capture
 from fieldguide.monitor.config import CaptureConfig
 from fieldguide.review.commit import add_photos, append_rows, extend_taxonomy, local_csv
 from fieldguide.review.config import RetrainConfig
-from fieldguide.review.labelstudio import annotation_request, label_config
+from fieldguide.review.labelstudio import _older, annotation_request, label_config
 from fieldguide.review.policy import decide
 from fieldguide.review.queue import (
     Label,
@@ -144,6 +144,17 @@ def test_commit_adds_content_addressed_photos_and_provenance_rows(monitor, tmp_p
     copied = catalog.parent / rows[2]["uri"]
     assert copied.stem == hashlib.sha256(copied.read_bytes()).hexdigest()  # named by its own content
     assert add_photos(catalog, [label], queue.get).present == [label]  # a second commit does not add it twice
+    # Relabelled after an interrupted commit: the row is replaced, not added again.
+    from dataclasses import replace
+
+    relabelled = replace(label, species="Echeveria elegans", by="bob")
+    append_rows(catalog, add_photos(catalog, [relabelled], queue.get).rows)
+    rows = list(csv.DictReader(catalog.open()))
+    assert len(rows) == 3 and (rows[2]["label"], rows[2]["labeller"]) == ("Echeveria elegans", "bob")
+    # The sample store may delete a labelled photo; its pinned copy is what the commit reads.
+    assert store.photo(label.sha256) is not None
+    queue[label.sha256].unlink()
+    assert add_photos(catalog, [label], lambda sha: store.photo(sha) or queue[sha]).labels == [label]
     with pytest.raises(FieldguideError, match="local CSV catalog"):
         local_csv(str(catalog.parent))
     taxonomy = tmp_path / "cat" / "taxonomy.yaml"
@@ -175,6 +186,8 @@ def test_retrain_policy_needs_a_signal_enough_labels_and_the_cooldown():
     assert not decide(ModelKey.child("succulents"), labels, {"verdict": "watch"}, old, cfg, now).retrain
     fell = {"verdict": "ok", "feedback": {"accuracy": 0.5, "answers": 30, "reference": 0.8}}
     assert decide(ModelKey.child("succulents"), labels, fell, old, cfg, now).retrain
+    handful = {"verdict": "ok", "feedback": {"accuracy": 0.0, "answers": 3, "reference": 0.8}}
+    assert not decide(ModelKey.child("succulents"), labels, handful, old, cfg, now, min_feedback=20).retrain
     few = decide(ModelKey.child("succulents"), labels[:5], flagged, old, cfg, now)
     assert not few.retrain and "needs 20" in few.line()
     fresh = decide(ModelKey.child("succulents"), labels, flagged, now - timedelta(hours=1), cfg, now)
@@ -195,3 +208,18 @@ def test_label_studio_config_and_annotations_map_to_labels():
     req = annotation_request(task, {"result": [new, group]}, "a@x")
     assert (req.new_species, req.group, req.by) == ("Haworthia fasciata", "succulents", "a@x")
     assert annotation_request(task, {"result": [], "was_cancelled": True}, "a@x") is None
+    assert annotation_request({"id": 2, "data": {}}, {"result": [species]}, "a@x") is None  # not one of ours
+    # A pull records an annotation only when it changed after the photo's current label.
+    assert _older("2026-11-29T18:46:51.983210Z", "2026-11-29T18:47:00+00:00")
+    assert not _older("2026-11-29T18:48:00Z", "2026-11-29T18:47:00+00:00")
+
+
+def test_a_held_review_lock_is_one_clear_error(tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    store = ReviewStore(tmp_path / "review")
+    store.folder.mkdir()
+    monkeypatch.setattr("fieldguide.review.queue.LOCK_TIMEOUT_S", 0.2)
+    held = FileLock(str(store.folder / "review.lock"))
+    with held, pytest.raises(FieldguideError, match="holds the review lock"), store.locked():
+        pass
