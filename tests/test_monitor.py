@@ -347,6 +347,7 @@ def test_review_loop_retrains_only_the_child_the_labels_concern(
     import shutil
 
     import requests
+    import yaml
 
     from fieldguide.monitor.traffic import release_taxonomy, top1_on, traffic_photos
     from fieldguide.review.queue import REASON_RANK
@@ -431,7 +432,9 @@ def test_review_loop_retrains_only_the_child_the_labels_concern(
     config = tmp_path / "retrain-config"
     config.mkdir()
     (config / "retrain.yaml").write_text("parameters: {min_labels: 20, cooldown_h: 0, require_signal: true}\n")
-    shutil.copy(ROOT / "tests/configs/child_serve.yaml", config / "child.yaml")  # as production's children
+    child = yaml.safe_load((ROOT / "tests/configs/child_serve.yaml").read_text())  # as production's children,
+    child["parameters"]["train"]["epochs"] = 25  # in fewer epochs: the test's time budget
+    (config / "child.yaml").write_text(yaml.safe_dump(child))
     res = run_cli("--pipeline", "retrain", "--catalog", str(catalog / "catalog.csv"), "--config", str(config))
     assert res.returncode == 0, res.stderr[-3000:]
     with capsys.disabled():
