@@ -13,11 +13,11 @@ from fieldguide.review.queue import Label, ReviewStore, build_queue
 from fieldguide.runconfig import config_in, load_run_config
 
 
-def default_catalog(root: Path, data_config: str | None, catalog: str | None) -> str:
-    """The catalog reviewed labels go into: --catalog, else the data config's, else the last data run's."""
+def default_catalog(configured: str, catalog: str | None) -> str:
+    """Where reviewed labels go: --catalog, else the data config's (`configured`), else the last data run's."""
     from registry.datasets import catalog_of_run, last_data_run
 
-    return catalog or load_run_config(root, "data", data_config).params.catalog or catalog_of_run(last_data_run())
+    return catalog or configured or catalog_of_run(last_data_run())
 
 
 def commit_review(root: Path, catalog: str | None, config: str | None) -> str:
@@ -49,11 +49,11 @@ def commit_review(root: Path, catalog: str | None, config: str | None) -> str:
         waiting = [lab for lab in store.labels().values() if not lab.committed_at]
         if not waiting:
             raise FieldguideError("nothing to commit: no labelled photo is waiting (`run.py review list`)")
-        path = local_csv(default_catalog(root, data_config, catalog))
+        cfg = load_run_config(root, "data", data_config).params
+        path = local_csv(default_catalog(cfg.catalog, catalog))
         print(f"committing {len(waiting)} labels into {path}", flush=True)
         before = run_data(root, data_config, str(path), no_cache=False)
         old = manifest_of_run(before)
-        cfg = load_run_config(root, "data", data_config).params
         samples = SampleStore(monitoring_dir("production"), CaptureConfig())
         addition = add_photos(path, waiting, lambda sha: store.photo(sha) or samples.kept(sha))
         for lab in addition.missing:
@@ -96,11 +96,6 @@ def _committed(label: Label, dataset_version: str, at: str) -> Label:
     return replace(label, dataset_version=dataset_version, committed_at=at)
 
 
-def _created(version: Any) -> datetime:
-    created = version.created
-    return created if created.tzinfo else created.replace(tzinfo=UTC)  # ZenML stores naive UTC times
-
-
 def run_retrain(root: Path, config: str | None, catalog: str | None, no_cache: bool) -> dict[str, str]:
     """Retrain the models the policy selects on the catalog's current dataset version; returns name → version id.
 
@@ -108,6 +103,7 @@ def run_retrain(root: Path, config: str | None, catalog: str | None, no_cache: b
     whose data did not change is still skipped (`--pipeline all`'s fingerprints), the router excepted: its
     fingerprint does not follow rows, and labels moving photos between groups are what selects it.
     """
+    from fieldguide.monitor.window import as_utc
     from fieldguide.review.policy import decide
     from pipelines.runner import pipeline_errors, resolve_dataset, train_models
     from registry.versions import list_versions, production_version
@@ -120,7 +116,8 @@ def run_retrain(root: Path, config: str | None, catalog: str | None, no_cache: b
     min_feedback = load_run_config(root, "monitor", config_in(config, "monitor")).params.thresholds.min_feedback
     data_config = config_in(config, "data")
     with pipeline_errors():
-        ds = resolve_dataset(root, None, default_catalog(root, data_config, catalog), no_cache, data_config=data_config)
+        configured = load_run_config(root, "data", data_config).params.catalog
+        ds = resolve_dataset(root, None, default_catalog(configured, catalog), no_cache, data_config=data_config)
         store = ReviewStore()
         with store.locked():  # no commit between reading the labels and deciding
             committed = [lab for lab in store.labels().values() if lab.committed_at]
@@ -131,7 +128,7 @@ def run_retrain(root: Path, config: str | None, catalog: str | None, no_cache: b
             before[key.name] = versions[-1].number if versions else 0
             production = production_version(key)
             monitoring = dict(production.run_metadata.get("monitoring") or {}) if production is not None else {}
-            newest = _created(versions[-1]) if versions else None
+            newest = as_utc(versions[-1].created) if versions else None
             decision = decide(key, committed, monitoring, newest, policy, now, min_feedback)
             print(decision.line(), flush=True)
             if decision.retrain:

@@ -32,6 +32,11 @@ def parse_since(since: str, now: datetime | None = None) -> datetime:
         at = datetime.fromisoformat(since.strip())
     except ValueError:
         raise FieldguideError(f"--since {since!r}: give a duration (30m, 24h, 7d) or an ISO time") from None
+    return as_utc(at)
+
+
+def as_utc(at: datetime) -> datetime:
+    """`at` with a time zone: a naive time is UTC (ZenML and ISO strings without an offset store them so)."""
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 

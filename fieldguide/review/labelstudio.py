@@ -166,18 +166,21 @@ class LabelStudio:
 
     def project(self, title: str, config: str) -> int:
         """The id of the project titled `title`, created or its label config updated to `config`."""
-        found = [p for p in self._pages("/api/projects", {"title": title}) if p.get("title") == title]
-        if not found:
+        project = self._titled(title)
+        if project is None:
             return int(self.call("POST", "/api/projects", json={"title": title, "label_config": config})["id"])
-        project = found[0]
         if project.get("label_config") != config:
             self.call("PATCH", f"/api/projects/{project['id']}", json={"label_config": config})
         return int(project["id"])
 
     def find_project(self, title: str) -> int | None:
         """The id of the project titled `title`, if there is one."""
-        found = [p for p in self._pages("/api/projects", {"title": title}) if p.get("title") == title]
-        return int(found[0]["id"]) if found else None
+        project = self._titled(title)
+        return None if project is None else int(project["id"])
+
+    def _titled(self, title: str) -> dict[str, Any] | None:
+        """The project titled exactly `title` (Label Studio's `title` filter matches substrings)."""
+        return next((p for p in self._pages("/api/projects", {"title": title}) if p.get("title") == title), None)
 
     def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         page = 1
@@ -330,19 +333,19 @@ def push(store: Any, monitor: Path, client: LabelStudio, taxonomy_of: Any, title
     """
     from fieldguide.review.queue import OPEN, build_queue, new_species_of
 
-    queue = build_queue(monitor, store)
-    taxonomy: dict[str, list[str]] = {}
-    for release in sorted({e.release for e in queue}):
-        for group, names in taxonomy_of(release).items():
-            taxonomy[group] = sorted(set(taxonomy.get(group, [])) | set(names))
-    for species, group in new_species_of(store.labels()).items():
-        taxonomy[group] = sorted(set(taxonomy.get(group, [])) | {species})
-    project = client.project(title, label_config(taxonomy))
     with store.locked():
+        queue = build_queue(monitor, store)
+        taxonomy: dict[str, list[str]] = {}
+        for release in sorted({e.release for e in queue}):
+            for group, names in taxonomy_of(release).items():
+                taxonomy[group] = sorted(set(taxonomy.get(group, [])) | set(names))
+        for species, group in new_species_of(store.labels()).items():
+            taxonomy[group] = sorted(set(taxonomy.get(group, [])) | {species})
+        project = client.project(title, label_config(taxonomy))
         state = store.state("labelstudio")
         key = f"{client.url}#{project}"
         tasks: dict[str, int] = state.setdefault(key, {})
-        waiting = [e for e in build_queue(monitor, store) if e.status == OPEN]
+        waiting = [e for e in queue if e.status == OPEN]
         new = [e for e in waiting if e.sha256 not in tasks]
         for start in range(0, len(new), 50):
             batch, payload = [], []
