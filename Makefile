@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install run test lint format dashboard mlflow-ui monitor-ui serve stop bench stack-local stack-sagemaker clean demo \
-	label-studio label-studio-install label-studio-stop
+	label-studio label-studio-install label-studio-stop console browser
 
 # Reinstall only when requirements.txt changed (its hash is stamped inside the venv).
 install: $(STAMP)
@@ -68,11 +68,27 @@ run: install
 	@echo "Demo only: approving the pending versions as the labelled demo approver 'make-run' (in real use a person decides)."
 	$(PY) run.py approve-pending --by make-run --note "demo approval by make run"
 
-# The Label Studio test starts its own Label Studio from $(LS_VENV) (free port, temporary data) and stops it.
-test: install label-studio-install
+# Headless Chromium for the console's browser tests: Debian's `chromium` (installed here when root with apt), or
+# FIELDGUIDE_CHROMIUM=/path/to/chrome, or Playwright's own build where downloads are allowed (the GitHub workflow).
+# Nothing here downloads a browser build.
+browser:
+	@if [ -n "$$FIELDGUIDE_CHROMIUM" ] || command -v chromium >/dev/null || ls -d $$HOME/.cache/ms-playwright/chromium-* >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
+	else \
+		echo "the browser tests need Chromium: sudo apt-get install chromium (Debian), or" \
+			".venv/bin/playwright install --with-deps chromium where downloads are allowed, or" \
+			"FIELDGUIDE_CHROMIUM=/path/to/chromium"; exit 1; \
+	fi
+
+# The Label Studio test starts its own Label Studio from $(LS_VENV) (free port, temporary data) and stops it; the
+# console tests start their own console and a headless Chromium, and stop them.
+test: install label-studio-install browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -m "not gpu and not aws" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not gpu and not aws" --durations=25 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -84,6 +100,10 @@ format: install
 
 dashboard: install
 	$(PY) run.py dashboard
+
+# The operations console on 127.0.0.1:8090 (configs/console.yaml); users: `python run.py users add NAME --role ROLE`.
+console: install
+	$(PY) run.py console
 
 mlflow-ui: install
 	$(PY) run.py mlflow-ui

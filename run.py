@@ -10,10 +10,9 @@ from pathlib import Path
 
 import click
 
-from fieldguide.keys import NAMES_HELP
+from fieldguide.keys import NAMES_HELP, PIPELINES
 
 ROOT = Path(__file__).resolve().parent
-PIPELINES = ("data", "parent", "child", "flat", "all", "deploy", "monitor", "feedback", "retrain")
 
 
 def _configure_environment() -> None:
@@ -711,6 +710,65 @@ def review_commit(catalog: str | None, config: str | None) -> None:
     from pipelines.review_runs import commit_review
 
     commit_review(ROOT, catalog, config)
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: configs/console.yaml's).")
+@click.option("--config", "config", default=None, help="Console config YAML (default: configs/console.yaml).")
+def console(port: int | None, config: str | None) -> None:
+    """Serve the operations console: versions, approvals, releases, runs, monitoring, review (and /api/v1)."""
+    import uvicorn
+
+    from console.app import create_app
+    from console.config import load_console_config
+    from fieldguide.ports import port_in_use
+
+    cfg = load_console_config(ROOT, config)
+    cfg.port = port or cfg.port
+    if port_in_use(cfg.port):
+        raise click.ClickException(f"port {cfg.port} is taken: stop what listens there or pass --port")
+    click.echo(f"fieldguide console on http://{cfg.host}:{cfg.port} (API docs: /api/v1/docs); Ctrl-C stops it")
+    uvicorn.run(create_app(cfg, ROOT), host=cfg.host, port=cfg.port, log_level="warning")
+
+
+@cli.group()
+def users() -> None:
+    """Console users: each has a role (viewer, approver, operator, admin) and an API token."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "approver", "operator", "admin"]), required=True)
+def users_add(name: str, role: str) -> None:
+    """Create a console user and print their API token (once: only its hash is stored)."""
+    from console.store import Store
+
+    token = Store().add_user(name, role)
+    click.echo(f"user {name} ({role}) created; their token, shown only now:")
+    click.echo(token)
+
+
+@users.command("list")
+def users_list() -> None:
+    """List console users and their roles."""
+    from console.store import Store
+
+    rows = Store().users()
+    for row in rows:
+        click.echo(f"{row['name']:<24} {row['role']:<10} created {row['created'][:19]}")
+    if not rows:
+        click.echo("no users yet: python run.py users add NAME --role ROLE")
+
+
+@users.command("remove")
+@click.argument("name")
+def users_remove(name: str) -> None:
+    """Remove a console user (their token and sign-ins stop working at once)."""
+    from console.store import Store
+
+    if not Store().remove_user(name):
+        raise click.ClickException(f"no user {name!r}")
+    click.echo(f"user {name} removed")
 
 
 @cli.command()

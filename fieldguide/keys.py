@@ -15,6 +15,8 @@ Kind = Literal["router", "child", "flat"]
 CHILD_PREFIX = "child-"
 # How model names are spelt, for help texts and errors.
 NAMES_HELP = f"router, {CHILD_PREFIX}<group>, flat"
+# What `run.py --pipeline` (and the console's run form) can run.
+PIPELINES = ("data", "parent", "child", "flat", "all", "deploy", "monitor", "feedback", "retrain")
 
 
 @dataclass(frozen=True, order=True)

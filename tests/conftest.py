@@ -242,3 +242,17 @@ def releases(shard_set_id, dataset) -> Releases:
 def release_versions(releases) -> dict[str, str]:
     """The good release's model versions (model name → version id)."""
     return releases.good
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium: FIELDGUIDE_CHROMIUM, else Debian's `chromium`, else Playwright's own (CI installs it)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = os.environ.get("FIELDGUIDE_CHROMIUM") or shutil.which("chromium") or None
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()

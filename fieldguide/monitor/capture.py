@@ -494,7 +494,8 @@ class Capture:
 
 
 def _sample_request(entry: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {**{k: entry[k] for k in ANSWER_KEYS if k != "image_sha256"}, "reason": reason, "at": now_iso()}
+    answer = {k: entry[k] for k in ANSWER_KEYS if k != "image_sha256"}
+    return {**answer, "top": entry.get("top", []), "reason": reason, "at": now_iso()}
 
 
 def _role(name: str) -> str:

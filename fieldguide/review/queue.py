@@ -43,7 +43,7 @@ class Label:
     group: str
     # Who labelled it (a name on the CLI, the annotator's email in Label Studio).
     by: str
-    # Where it was entered: cli or label-studio.
+    # Where it was entered: cli, label-studio or console.
     source: str
     # When (UTC, ISO 8601).
     at: str
@@ -91,6 +91,8 @@ class Entry:
     feedback: str = ""
     # Its current label (None: open).
     label: Label | None = None
+    # The answer's top species with their probabilities ({name, probability}), as the user saw them.
+    top: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -237,6 +239,7 @@ def _entry(sha: str, photo: Path, requests: list[dict], fb: dict | None, labels:
         at=shown.get("at", ""),
         feedback=given,
         label=labels.get(sha),
+        top=list(shown.get("top", [])),
     )
 
 
