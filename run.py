@@ -314,14 +314,20 @@ def dashboard(port: int, stop: bool) -> None:
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1]
         raise click.ClickException(f"zenml {' '.join(args)} failed: {last}")
-    click.echo("dashboard stopped" if stop else f"ZenML dashboard: http://127.0.0.1:{port}")
+    if stop:
+        click.echo("dashboard stopped")
+        return
+    from stacks import skip_dashboard_survey
+
+    skip_dashboard_survey(f"http://127.0.0.1:{port}")
+    click.echo(f"ZenML dashboard: http://127.0.0.1:{port}/projects/default/runs")
 
 
 @cli.command("mlflow-ui")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 @click.option("--print-uri", is_flag=True, help="Only print the tracking URI the runs write to.")
 def mlflow_ui(port: int, print_uri: bool) -> None:
-    """Serve the MLflow UI over the store that the stack's MLflow experiment tracker writes to."""
+    """Serve the MLflow UI over the store that the stack's MLflow experiment tracker writes to, opening on runs."""
     import subprocess
 
     from stacks import tracking_uri
@@ -330,6 +336,9 @@ def mlflow_ui(port: int, print_uri: bool) -> None:
     if print_uri:
         click.echo(uri)
         return
+    from stacks import tag_experiments
+
+    tag_experiments(uri)  # stores written before experiments were tagged open on their runs too
     click.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {uri})")
     subprocess.run(
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],

@@ -159,3 +159,37 @@ def tracking_uri() -> str:
     if tracker is None:
         raise ConfigError("the active stack has no experiment tracker: run `python run.py --stack local`")
     return tracker.get_tracking_uri()
+
+
+# MLflow 3 opens an experiment without this tag on its GenAI trace overview; with it, on runs and their curves.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def tag_experiments(uri: str) -> int:
+    """Tag every experiment of an MLflow store as model training (see EXPERIMENT_KIND); how many were untagged."""
+    from mlflow.tracking import MlflowClient
+
+    client, (key, value), tagged = MlflowClient(uri), EXPERIMENT_KIND, 0
+    for experiment in client.search_experiments():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+            tagged += 1
+    return tagged
+
+
+def skip_dashboard_survey(url: str) -> None:
+    """Mark the local dashboard's default user as onboarded, newsletter off, so the dashboard opens on the runs.
+
+    ZenML's dashboard shows its first-run form ("Add your account details", a news sign-up box ticked) while the
+    user's `email_opted_in` is unset or the onboarding survey is not finished. `PUT /users/{id}` drops the email
+    setting, `PUT /current-user` keeps it; the local daemon server needs no credentials.
+    """
+    import httpx
+
+    me = httpx.get(f"{url}/api/v1/current-user", timeout=30)
+    me.raise_for_status()
+    metadata = {
+        **(me.json().get("body", {}).get("user_metadata") or me.json().get("metadata", {}).get("user_metadata") or {})
+    }
+    body = {"email_opted_in": False, "user_metadata": {**metadata, "finished_onboarding_survey": True}}
+    httpx.put(f"{url}/api/v1/current-user", json=body, timeout=30).raise_for_status()

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import tempfile
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 
 def _mlflow() -> Any:
-    """The mlflow module when a run is active for this step, else None (mlflow is imported lazily: it is slow)."""
+    """The mlflow module when a run is active for this step, else None (mlflow is imported lazily: it is slow).
+
+    The run's experiment is tagged as model training, so the MLflow UI opens it on its runs.
+    """
     import mlflow
 
-    return mlflow if mlflow.active_run() is not None else None
+    from stacks import EXPERIMENT_KIND
+
+    run = mlflow.active_run()
+    if run is None:
+        return None
+    _tag_experiment(run.info.experiment_id, *EXPERIMENT_KIND)
+    return mlflow
+
+
+@cache
+def _tag_experiment(experiment_id: str, key: str, value: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().set_experiment_tag(experiment_id, key, value)
 
 
 def log_params(params: dict[str, Any]) -> None:
