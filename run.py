@@ -512,11 +512,12 @@ def releases() -> None:
 
 @cli.command()
 @click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
-def rollback(config: str | None) -> None:
+@click.option("--from", "expect", default="", help="Only if this release is still in production (queued rollbacks).")
+def rollback(config: str | None, expect: str) -> None:
     """Switch production back to the previous release (staging, tests, blue/green swap)."""
     from pipelines.deploy_runs import rollback as do_rollback
 
-    click.echo(f"production is now {do_rollback(ROOT, config)}")
+    click.echo(f"production is now {do_rollback(ROOT, config, expect)}")
 
 
 @cli.command()
@@ -785,7 +786,10 @@ def users_remove(name: str) -> None:
 @click.option("--once", is_flag=True, help="Poll once and exit.")
 @click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
 def watch(interval: float, once: bool, config: str | None) -> None:
-    """Roll out approvals made anywhere (CLI, dashboard tag `approved`) by polling the registry."""
+    """Roll out approvals made anywhere (CLI, console, dashboard tag `approved`) by polling the registry.
+
+    With --once, exit 2 when a rollout it attempted failed.
+    """
     from pipelines.deploy_runs import watch as do_watch
 
     do_watch(ROOT, interval, once, config)

@@ -18,14 +18,16 @@ from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from filelock import FileLock, Timeout
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from console import views
 from console.config import ConsoleConfig
 from console.jobs import RunRequest, RunRequestError, Worker, log_tail
-from console.store import Store, User
+from console.store import Store, User, session_key, token_hash
 from fieldguide.errors import FieldguideError
 
 SESSION_COOKIE = "fieldguide_session"
@@ -119,10 +121,15 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
     signer = URLSafeTimedSerializer(os.environ.get(SECRET_VAR) or secrets.token_hex(32), salt="fieldguide-console")
     templates = Jinja2Templates(directory=str(TEMPLATES))
     worker = Worker(store, root)
+    single = FileLock(store.path.with_suffix(".lock"))  # one console (one run queue) per database
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
         if run_jobs:
+            try:
+                single.acquire(timeout=0)
+            except Timeout:
+                raise FieldguideError(f"another console runs over {store.path}: one console per database") from None
             requeued = worker.recover()
             if requeued:
                 print(f"console: queued again runs {requeued} (a previous console stopped while they ran)", flush=True)
@@ -130,6 +137,7 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
         yield
         if run_jobs:
             worker.stop()
+            single.release()
 
     app = FastAPI(
         title="fieldguide console",
@@ -171,7 +179,7 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
 
     def page_user(request: Request) -> User:
         session = session_of(request)
-        user = store.user(session["user"]) if session else None
+        user = store.session_user(session.get("user", ""), session.get("key", "")) if session else None
         if user is None:
             raise _SignIn(str(request.url.path))
         return user
@@ -180,7 +188,7 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
         """The posted form, after its CSRF token matched the session's."""
         form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
         session = session_of(request) or {}
-        if not hmac.compare_digest(form.get("csrf", ""), session.get("csrf", "") or "-"):
+        if not hmac.compare_digest(form.get("csrf", "").encode(), (session.get("csrf") or "-").encode()):
             raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
         return form
 
@@ -342,13 +350,17 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
 
     @app.post("/login", include_in_schema=False)
     def login(request: Request, token: str = Form(""), next: str = Form("/versions")) -> Response:  # noqa: A002
+        sent_from = request.headers.get("origin")
+        if sent_from and sent_from != f"{request.url.scheme}://{request.url.netloc}":
+            raise HTTPException(403, "sign in from the console's own page")  # no signing a victim in as someone else
         user = store.user_by_token(token.strip())
         if user is None:
             context = {"next": _local(next), "message": "unknown token"}
             return templates.TemplateResponse(request, "login.html", context, status_code=401)
         store.audit(user.name, "sign in", "console", "", str(origin(request, "browser")))
         response = RedirectResponse(_local(next), status_code=303)
-        cookie = signer.dumps({"user": user.name, "csrf": secrets.token_urlsafe(24)})
+        key = session_key(token_hash(token.strip()))
+        cookie = signer.dumps({"user": user.name, "key": key, "csrf": secrets.token_urlsafe(24)})
         response.set_cookie(
             SESSION_COOKIE,
             cookie,
@@ -390,7 +402,8 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
         if action not in ("approve", "reject"):
             raise HTTPException(404, f"no action {action!r}")
         allowed(user, "decide")
-        views.decide(store, cfg, user, model, version, action, form.get("note", ""), origin(request, "browser"))
+        where = origin(request, "browser")
+        await run_in_threadpool(views.decide, store, cfg, user, model, version, action, form.get("note", ""), where)
         return RedirectResponse(f"/models/{model}/versions/{version}", status_code=303)
 
     @app.get("/releases", include_in_schema=False)
@@ -401,7 +414,7 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
     async def rollback_form(request: Request, user: User = Depends(page_user)) -> Response:
         await checked_form(request)
         allowed(user, "operate")
-        job = views.rollback(store, cfg, user, origin(request, "browser"))
+        job = await run_in_threadpool(views.rollback, store, cfg, user, origin(request, "browser"))
         return RedirectResponse(f"/runs/{job.id}", status_code=303)
 
     @app.get("/runs", include_in_schema=False)
@@ -416,7 +429,7 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
         form = await checked_form(request)
         allowed(user, "operate")
         req = RunRequest(form.get("pipeline", ""), form.get("group", ""), form.get("catalog", "").strip())
-        job = views.start_run(store, cfg, root, user, req, origin(request, "browser"))
+        job = await run_in_threadpool(views.start_run, store, cfg, root, user, req, origin(request, "browser"))
         return RedirectResponse(f"/runs/{job.id}", status_code=303)
 
     @app.get("/runs/{run_id}", include_in_schema=False)
@@ -448,7 +461,8 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
         new_species = form.get("new_species", "").strip()
         if new_species:
             species = ""
-        views.label(store, user, request_id, species, group, new_species, origin(request, "browser"))
+        where = origin(request, "browser")
+        await run_in_threadpool(views.label, store, user, request_id, species, group, new_species, where)
         return RedirectResponse("/review", status_code=303)
 
     @app.get("/audit", include_in_schema=False)
@@ -460,4 +474,5 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
 
 def _local(path: str) -> str:
     """A redirect target on this site only (no open redirect through ?next=)."""
-    return path if path.startswith("/") and not path.startswith("//") else "/versions"
+    same_site = path.startswith("/") and not path.startswith("//") and "\\" not in path and path.isprintable()
+    return path if same_site else "/versions"

@@ -26,8 +26,9 @@ class ConsoleConfig:
     deploy_config: str = ""
     # Folder of run configs (<pipeline>.yaml) for runs started here ("": each pipeline's default in configs/).
     run_configs: str = ""
-    # The ZenML dashboard (`make dashboard`) and MLflow UI (`make mlflow-ui`) the pages link to.
+    # The ZenML dashboard the pages link runs to (`make dashboard`).
     dashboard_url: str = "http://127.0.0.1:8237"
+    # The MLflow UI the pages link versions' training runs to (`make mlflow-ui`).
     mlflow_url: str = "http://127.0.0.1:5000"
 
 

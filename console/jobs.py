@@ -89,9 +89,9 @@ def rollout_argv(cfg: ConsoleConfig) -> list[str]:
     return ["watch", "--once", *(["--config", cfg.deploy_config] if cfg.deploy_config else [])]
 
 
-def rollback_argv(cfg: ConsoleConfig) -> list[str]:
-    """Production back to the previous release."""
-    return ["rollback", *(["--config", cfg.deploy_config] if cfg.deploy_config else [])]
+def rollback_argv(cfg: ConsoleConfig, live: str) -> list[str]:
+    """Production back to the previous release, only while `live` is the one in production."""
+    return ["rollback", "--from", live, *(["--config", cfg.deploy_config] if cfg.deploy_config else [])]
 
 
 def log_path(job_id: int) -> Path:
@@ -126,18 +126,20 @@ def runs_between(started: str, finished: str) -> list[dict[str, str]]:
     return found[::-1]
 
 
-def _alive(pid: int) -> bool:
+def _ours(pid: int, root: Path) -> bool:
+    """Whether `pid` is still a run.py of this checkout (a stored pid may name another process after a reboot)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return str(root / "run.py") in psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stop_group(proc: subprocess.Popen[Any] | None, pid: int) -> None:
     """SIGTERM a job's process group, SIGKILL after 30 s."""
+    import psutil
+
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -145,12 +147,12 @@ def _stop_group(proc: subprocess.Popen[Any] | None, pid: int) -> None:
     try:
         if proc is not None:
             proc.wait(timeout=30)
-            return
-        for _ in range(300):
-            if not _alive(pid):
-                return
-            threading.Event().wait(0.1)
-    except subprocess.TimeoutExpired:
+        else:
+            psutil.Process(pid).wait(timeout=30)
+        return
+    except psutil.NoSuchProcess:
+        return
+    except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
         pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
@@ -168,18 +170,22 @@ class Worker(threading.Thread):
         """Stop what a previous console left running and queue it again; the ids requeued."""
         jobs = self.store.requeue_running()
         for job in jobs:
-            if job.pid and _alive(job.pid):
+            if job.pid and _ours(job.pid, self.root):
                 _stop_group(None, job.pid)
         return [j.id for j in jobs]
 
     def run(self) -> None:
         """Claim and execute jobs until `stop`."""
         while not self.halt.is_set():
-            job = self.store.claim_next()
-            if job is None:
-                self.halt.wait(self.poll_s)
-                continue
-            self.execute(job)
+            try:
+                job = self.store.claim_next()
+                if job is None:
+                    self.halt.wait(self.poll_s)
+                    continue
+                self.execute(job)
+            except Exception as exc:  # noqa: BLE001 - the queue must outlive one bad job or a busy database
+                print(f"console: run queue error ({type(exc).__name__}: {exc}); retrying", flush=True)
+                self.halt.wait(5)
 
     def execute(self, job: Job) -> None:
         """Run one job's command line to its end (or until `stop`, which leaves it to be queued again)."""
@@ -188,14 +194,19 @@ class Worker(threading.Thread):
         with path.open("a") as log:
             log.write(f"--- attempt {job.attempts} at {job.started}: run.py {' '.join(job.argv)}\n")
             log.flush()
-            proc = subprocess.Popen(
-                [sys.executable, str(self.root / "run.py"), *job.argv],
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stopping it stops its servers' launchers too
-            )
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, str(self.root / "run.py"), *job.argv],
+                    cwd=self.root,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: stopping it stops its servers' launchers too
+                )
+            except OSError as exc:
+                log.write(f"--- could not start: {exc}\n")
+                self.store.finish(job.id, 127, [])
+                return
             self.store.set_pid(job.id, proc.pid)
             while proc.poll() is None:
                 if self.halt.wait(0.5):

@@ -48,6 +48,11 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def session_key(token_sha256: str) -> str:
+    """What a session cookie carries of its user's token: enough to notice a new token, useless to sign in."""
+    return hashlib.sha256(f"session:{token_sha256}".encode()).hexdigest()[:24]
+
+
 def console_dir() -> Path:
     """FIELDGUIDE_HOME/console: the database and the runs' logs."""
     return Path(os.environ.get("FIELDGUIDE_HOME", ".fieldguide")) / "console"
@@ -145,11 +150,17 @@ class Store:
             row = db.execute("SELECT name, role FROM users WHERE token_sha256 = ?", (token_hash(token),)).fetchone()
         return User(row["name"], row["role"]) if row else None
 
-    def user(self, name: str) -> User | None:
-        """A user by name (a session's user may have been removed since)."""
+    def session_user(self, name: str, key: str) -> User | None:
+        """The user of a browser session, while their token is the one the session was opened with.
+
+        `key` is the start of the token's hash (see `session_key`): a removed user, or one issued a new token,
+        is signed out at once.
+        """
         with self._db() as db:
-            row = db.execute("SELECT name, role FROM users WHERE name = ?", (name,)).fetchone()
-        return User(row["name"], row["role"]) if row else None
+            row = db.execute("SELECT name, role, token_sha256 FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None or not key or session_key(row["token_sha256"]) != key:
+            return None
+        return User(row["name"], row["role"])
 
     # audit
 

@@ -6,7 +6,6 @@ Every function here returns plain JSON-able data; the pages render it and the AP
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +49,21 @@ def _version(model: str, version: str) -> Any:
         raise NotFound(str(exc)) from exc
 
 
-@cache
+_EXPERIMENTS: dict[tuple[str, str], str] = {}
+
+
 def _mlflow_experiment(tracking_uri: str, run_id: str) -> str:
-    """The experiment id of an MLflow run ('' when the store does not know it)."""
+    """The experiment id of an MLflow run ('' while the store does not answer; answers are remembered)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    try:
-        return str(MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
-    except (MlflowException, OSError):
-        return ""
+    key = (tracking_uri, run_id)
+    if key not in _EXPERIMENTS:
+        try:
+            _EXPERIMENTS[key] = str(MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
+        except (MlflowException, OSError):
+            return ""
+    return _EXPERIMENTS[key]
 
 
 def version_detail(model: str, version: str, cfg: ConsoleConfig) -> dict[str, Any]:
@@ -171,7 +175,7 @@ def rollback(store: Store, cfg: ConsoleConfig, user: User, origin: Origin) -> Jo
     if live is None:
         raise FieldguideError("no release in production: nothing to roll back")
     target = rollback_target(live)
-    job = store.enqueue("rollback", {"from": live.id, "to": target.id}, rollback_argv(cfg), user.name)
+    job = store.enqueue("rollback", {"from": live.id, "to": target.id}, rollback_argv(cfg, live.id), user.name)
     store.audit(user.name, "rollback queued", live.id, f"to {target.id}; run {job.id}", str(origin))
     return job
 
@@ -271,7 +275,7 @@ def review_queue(show_all: bool = False) -> list[dict[str, Any]]:
     taxonomy_of = release_taxonomies()
     rows = []
     for entry in queue_rows(show_all):
-        row = entry.to_dict()
+        row = entry.to_dict() | {"photo": f"/review/{entry.request_id}/photo"}  # served by the console, not a path
         try:
             row["choices"] = taxonomy_of(entry.release)
         except (FieldguideError, OSError):
@@ -305,6 +309,7 @@ def label(
     from fieldguide.review.queue import LabelRequest, ReviewStore, record_label, release_taxonomies
     from registry.promotion import monitoring_dir
 
+    review_photo(request_id)  # NotFound for a request not in the queue
     req = LabelRequest(request_id, user.name, species=species, group=group, new_species=new_species)
     made, replaced = record_label(ReviewStore(), monitoring_dir("production"), req, release_taxonomies(), "console")
     what = f"new species {made.species}" if made.new_species else made.species

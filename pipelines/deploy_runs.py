@@ -167,6 +167,7 @@ def watch(root: Path, interval_s: float, once: bool = False, config: str | None 
         rollout_note,
     )
 
+    failed: list[str] = []
     while True:
         for key in release_members(resolve_dataset(root, None, None, quiet=True).groups):
             for candidate in list_versions(key):
@@ -194,7 +195,10 @@ def watch(root: Path, interval_s: float, once: bool = False, config: str | None 
                         deploy_after_approval(root, key.name, version, by, config)
                     except FieldguideError as exc:
                         print(f"watch: rollout of {label} failed: {exc}", flush=True)
+                        failed.append(f"{label}: {exc}")
         if once:
+            if failed:
+                raise FieldguideError("rollout failed: " + "; ".join(failed))
             return
         time.sleep(interval_s)
 
@@ -228,12 +232,15 @@ def approve_pending_and_deploy(root: Path, by: str, note: str = "") -> str:
         return serve_production(deploy_config(root, None), serving_dir())
 
 
-def rollback(root: Path, config: str | None = None) -> str:
-    """Production back to the release before the current one (the promotion routine, no regression check)."""
+def rollback(root: Path, config: str | None = None, expect: str = "") -> str:
+    """Production back to the release before the current one (the promotion routine, no regression check).
+
+    With `expect`, only while that release is in production.
+    """
     from registry import promotion
     from registry.datasets import shard_set_by_version
 
     def shard_set_of(dataset_version: str) -> Any:
         return shard_set_by_version(dataset_version).load()
 
-    return promotion.rollback(deploy_config(root, config), promotion.serving_dir(), shard_set_of)
+    return promotion.rollback(deploy_config(root, config), promotion.serving_dir(), shard_set_of, expect)

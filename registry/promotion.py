@@ -188,11 +188,12 @@ def roll_out(
     return report
 
 
-def rollback(cfg: DeployConfig, folder: Path, shard_set_of: Any) -> str:
+def rollback(cfg: DeployConfig, folder: Path, shard_set_of: Any, expect: str = "") -> str:
     """Production back to the release promoted before the current one; returns its id.
 
     Walks the registry's history: the release rolled back from is never a target again, so two rollbacks go two
-    releases back. `shard_set_of(dataset_version)` gives the held-out images for the target's checks.
+    releases back. `shard_set_of(dataset_version)` gives the held-out images for the target's checks. With
+    `expect`, only when that release is still the one in production (a queued rollback is never a second one).
     """
     import bentoml
 
@@ -200,6 +201,8 @@ def rollback(cfg: DeployConfig, folder: Path, shard_set_of: Any) -> str:
         current = production_release()
         if current is None:
             raise FieldguideError("nothing to roll back: no release is in production")
+        if expect and current.id != expect:
+            raise FieldguideError(f"not rolling back: production is {current.id} now, not {expect}")
         target = rollback_target(current)
         bento = f"{BENTO_NAME}:{target.id}"
         try:

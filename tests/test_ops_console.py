@@ -7,6 +7,7 @@ review pages show; run alone, the module sends its own traffic and runs the moni
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,10 +83,10 @@ def console(releases, dataset, tmp_path_factory):
     from fieldguide.ports import free_port
     from fieldguide.serve.servers import stop_all
     from pipelines.deploy_runs import run_deploy
-    from registry.versions import production_version
     from registry.promotion import serving_dir
     from registry.releases import ARCHIVED, production_release, set_release
     from registry.releases import now as stamp
+    from registry.versions import production_version
 
     folder = tmp_path_factory.mktemp("console")
     deploy = deploy_config(folder / "deploy.yaml")
@@ -129,7 +130,7 @@ def signed_in(browser, console: Console, who: str):
 def state(console: Console) -> dict:
     """What a refused request must not change: versions, runs, audit log, releases."""
     with console.api("olga") as api:
-        return {path: api.get(path).json() for path in ("/versions", "/runs", "/audit", "/releases")}
+        return {path: api.get(path).json() for path in ("/versions", "/runs", "/audit", "/releases", "/review")}
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +193,9 @@ def test_bad_input_gets_a_json_4xx_and_changes_nothing(console, trained):
             (olga.post("/runs", json={"pipeline": "child", "group": "ferns", "extra": 1}), 422, "extra"),
             (olga.post("/runs", content=b"x" * 70000, headers={"content-type": "application/json"}), 413, "over"),
             (alice.post("/models/child-ferns/versions/v1/approve", json={}), 422, "note"),
-            (alice.post("/review/nope/label", json={"species": "x"}), 409, "nope"),
+            (alice.post("/review/nope/label", json={"species": "x"}), 404, "not in the review queue"),
+            (alice.post("/releases/rollback"), 403, "operator"),
+            (olga.post("/releases/rollback"), 409, "no release in production"),
             (olga.get("/runs/99999"), 404, "no run"),
         ]
         chunks = (b"x" * 10000 for _ in range(10))  # no length declared: refused once 64 KiB arrived
@@ -221,6 +224,13 @@ def test_viewer_sees_no_controls_and_a_direct_post_is_refused(console, trained, 
     no_csrf = approver.request.post(path, form={"note": "no token"}, max_redirects=0)
     assert no_csrf.status == 403 and "CSRF" in no_csrf.text()
     assert state(console) == before
+    # A new token for the viewer signs their old session out at once.
+    assert run_cli("users", "remove", "victor").returncode == 0
+    res = run_cli("users", "add", "victor", "--role", "viewer")
+    assert res.returncode == 0, res.stderr
+    console.tokens["victor"] = res.stdout.strip().splitlines()[-1]
+    page.goto(f"{console.url}/versions")
+    assert "/login" in page.url
     page.context.close()
     approver.context.close()
 
@@ -251,9 +261,11 @@ def test_approver_approves_in_the_browser_and_the_release_reaches_production(con
         f"http://127.0.0.1:{yaml.safe_load(console.deploy.read_text())['parameters']['production_port']}/release"
     ).json()
     assert live["versions"]["child-succulents"] == version
-    page.goto(f"{console.url}/versions")
-    Path(os.environ["FIELDGUIDE_HOME"], "console-versions.png").write_bytes(page.screenshot(full_page=True))
     page.context.close()
+    with console.api("alice") as api:  # the API's reject, recorded as the token's user
+        res = api.post(f"/models/child-ferns/versions/{trained['ferns']}/reject", json={"note": "keep production's"})
+        assert res.status_code == 200, res.text
+        assert res.json()["approval"]["state"] == "rejected" and res.json()["approval"]["by"] == "alice"
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +293,7 @@ def test_monitoring_review_and_audit_pages(console, trained, monitored, browser)
     """Acceptance 7: verdicts with reasons; a label from the page shows in `review list`; the audit lists both."""
     import json
 
-    assert monitored
+    assert any(row["reasons"] for row in monitored), monitored
     page = signed_in(browser, console, "alice")
     page.goto(f"{console.url}/monitoring")
     table = page.locator("#verdicts").inner_text()
@@ -291,6 +303,8 @@ def test_monitoring_review_and_audit_pages(console, trained, monitored, browser)
             assert reason in table
     page.goto(f"{console.url}/review")
     entry = page.locator(".card[data-status=open]").first
+    top = entry.locator("p", has_text="Top answers").inner_text()
+    assert len(re.findall(r"\(\d\.\d\d\)", top)) >= 2, top  # the answer's top species with probabilities
     request_id = entry.get_attribute("id").removeprefix("entry-")
     options = entry.locator("select[name=choice] option")
     choice = options.nth(1).get_attribute("value")
