@@ -731,14 +731,18 @@ def console(port: int | None, config: str | None) -> None:
 
     from console.app import create_app
     from console.config import load_console_config
+    from console.store import Store
     from fieldguide.ports import port_in_use
 
     cfg = load_console_config(ROOT, config)
     cfg.port = port or cfg.port
     if port_in_use(cfg.port):
         raise click.ClickException(f"port {cfg.port} is taken: stop what listens there or pass --port")
+    store = Store()
+    if store.in_use():
+        raise click.ClickException(f"another console runs over {store.path}: one console per state folder")
     click.echo(f"fieldguide console on http://{cfg.host}:{cfg.port} (API docs: /api/v1/docs); Ctrl-C stops it")
-    uvicorn.run(create_app(cfg, ROOT), host=cfg.host, port=cfg.port, log_level="warning")
+    uvicorn.run(create_app(cfg, ROOT, store), host=cfg.host, port=cfg.port, log_level="warning")
 
 
 @cli.group()

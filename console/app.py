@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from filelock import FileLock, Timeout
+from filelock import Timeout
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -121,7 +121,7 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
     signer = URLSafeTimedSerializer(os.environ.get(SECRET_VAR) or secrets.token_hex(32), salt="fieldguide-console")
     templates = Jinja2Templates(directory=str(TEMPLATES))
     worker = Worker(store, root)
-    single = FileLock(store.path.with_suffix(".lock"))  # one console (one run queue) per database
+    single = store.console_lock()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:

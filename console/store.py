@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from fieldguide.errors import FieldguideError
 
 ROLES = ("viewer", "approver", "operator", "admin")
@@ -103,6 +105,20 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(SCHEMA)
+
+    def console_lock(self) -> FileLock:
+        """Held by the console serving this database (one run queue per database)."""
+        return FileLock(self.path.with_suffix(".lock"))
+
+    def in_use(self) -> bool:
+        """Whether a console holds this database now."""
+        lock = self.console_lock()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
