@@ -228,7 +228,8 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
 
     @app.exception_handler(FieldguideError)
     async def refused(request: Request, exc: FieldguideError) -> Response:
-        status = 404 if isinstance(exc, views.NotFound) else 400 if isinstance(exc, RunRequestError) else 409
+        bad = isinstance(exc, RunRequestError | views.BadRequest)
+        status = 404 if isinstance(exc, views.NotFound) else 400 if bad else 409
         return error(request, status, str(exc))
 
     @app.exception_handler(Exception)

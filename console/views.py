@@ -14,9 +14,16 @@ from console.jobs import RunRequest, rollback_argv, rollout_argv, run_argv
 from console.store import Job, Store, User
 from fieldguide.errors import FieldguideError
 
+# How long a decision waits for a rollout holding the registry before it answers 409 (try again).
+LOCK_WAIT_S = 120
+
 
 class NotFound(FieldguideError):
     """An unknown model, version, request or run (HTTP 404)."""
+
+
+class BadRequest(FieldguideError):
+    """A request missing what it must say, such as a decision's note (HTTP 400)."""
 
 
 @dataclass(frozen=True)
@@ -142,9 +149,9 @@ def decide(
 
     found = _version(model, version)
     if not note.strip():
-        raise FieldguideError("a decision needs a note: why")
+        raise BadRequest("a decision needs a note: why")
     label = f"{model} v{found.number}"
-    with registry_lock(what=f"{action} {label} from the console"):
+    with registry_lock(timeout_s=LOCK_WAIT_S, what=f"{action} {label} from the console"):
         decided = record_decision(model, str(found.number), action, user.name, note.strip())
     record = decided.run_metadata["approval"]
     store.audit(user.name, action, label, note.strip(), str(origin))
