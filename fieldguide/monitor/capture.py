@@ -432,7 +432,7 @@ class Capture:
         with self._lock, self._monitor(PREDICTIONS) as mon:
             for name, value in entry.items():
                 mon.log(value, name=name, role=_role(name), data_type=_type(value))
-        self.recent[entry["request_id"]] = {k: entry[k] for k in ANSWER_KEYS}
+        self.recent[entry["request_id"]] = {**{k: entry[k] for k in ANSWER_KEYS}, "top": _packed(entry["top"])}
         while len(self.recent) > RECENT:
             self.recent.popitem(last=False)
         self.samples.sweep(every_s=self.sweep_every_s)
@@ -493,9 +493,21 @@ class Capture:
         return {"request_id": fb.request_id, "recorded": "correction" if fb.species else "wrong", "photo_kept": kept}
 
 
+def _packed(top: list[dict[str, Any]]) -> str:
+    """The top answers as one short string (the recent-answers cache holds 100 000 of them)."""
+    return "\t".join(f"{t['name']}\t{t['probability']}" for t in top)
+
+
+def _unpacked(top: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not isinstance(top, str):
+        return top
+    parts = top.split("\t") if top else []
+    return [{"name": n, "probability": float(p)} for n, p in zip(parts[::2], parts[1::2], strict=True)]
+
+
 def _sample_request(entry: dict[str, Any], reason: str) -> dict[str, Any]:
     answer = {k: entry[k] for k in ANSWER_KEYS if k != "image_sha256"}
-    return {**answer, "top": entry.get("top", []), "reason": reason, "at": now_iso()}
+    return {**answer, "top": _unpacked(entry.get("top", [])), "reason": reason, "at": now_iso()}
 
 
 def _role(name: str) -> str:
