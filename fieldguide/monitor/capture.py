@@ -432,7 +432,7 @@ class Capture:
         with self._lock, self._monitor(PREDICTIONS) as mon:
             for name, value in entry.items():
                 mon.log(value, name=name, role=_role(name), data_type=_type(value))
-        self.recent[entry["request_id"]] = {**{k: entry[k] for k in ANSWER_KEYS}, "top": _packed(entry["top"])}
+        self.recent[entry["request_id"]] = {**{k: entry[k] for k in ANSWER_KEYS}, "top": _packed(entry.get("top", []))}
         while len(self.recent) > RECENT:
             self.recent.popitem(last=False)
         self.samples.sweep(every_s=self.sweep_every_s)
