@@ -29,6 +29,7 @@ from console.config import ConsoleConfig
 from console.jobs import RunRequest, RunRequestError, Worker, log_tail
 from console.store import Store, User, session_key, token_hash
 from fieldguide.errors import FieldguideError
+from fieldguide.review.queue import NotInQueue
 
 SESSION_COOKIE = "fieldguide_session"
 # Signs session cookies; set it to keep sign-ins across console restarts (else a random key per start).
@@ -229,7 +230,7 @@ def create_app(cfg: ConsoleConfig, root: Path, store: Store | None = None, run_j
     @app.exception_handler(FieldguideError)
     async def refused(request: Request, exc: FieldguideError) -> Response:
         bad = isinstance(exc, RunRequestError | views.BadRequest)
-        status = 404 if isinstance(exc, views.NotFound) else 400 if bad else 409
+        status = 404 if isinstance(exc, views.NotFound | NotInQueue) else 400 if bad else 409
         return error(request, status, str(exc))
 
     @app.exception_handler(Exception)

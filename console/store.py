@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for the API (argv are run.py's arguments)."""
-        return {k: v for k, v in self.__dict__.items()}
+        return asdict(self)
 
 
 class Store:

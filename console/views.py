@@ -295,14 +295,13 @@ def review_photo(request_id: str) -> Path:
     """The kept photo of a queued request.
 
     Raises:
-        NotFound: for a request not in the queue.
+        NotInQueue: for a request not in the queue (HTTP 404).
     """
+    from fieldguide.review.queue import find_entry
     from pipelines.review_runs import queue_rows
+    from registry.promotion import monitoring_dir
 
-    for entry in queue_rows(True):
-        if request_id in entry.requests:
-            return entry.photo
-    raise NotFound(f"request {request_id!r} is not in the review queue")
+    return find_entry(queue_rows(True), request_id, monitoring_dir("production")).photo
 
 
 def label(
@@ -311,12 +310,12 @@ def label(
     """Label a queued photo as `user` (the same checks as `run.py review label`).
 
     Raises:
-        FieldguideError: for a request not in the queue, or a species or group the release does not know.
+        NotInQueue: for a request not in the queue (HTTP 404).
+        FieldguideError: for a species or group the release does not know.
     """
     from fieldguide.review.queue import LabelRequest, ReviewStore, record_label, release_taxonomies
     from registry.promotion import monitoring_dir
 
-    review_photo(request_id)  # NotFound for a request not in the queue
     req = LabelRequest(request_id, user.name, species=species, group=group, new_species=new_species)
     made, replaced = record_label(ReviewStore(), monitoring_dir("production"), req, release_taxonomies(), "console")
     what = f"new species {made.species}" if made.new_species else made.species

@@ -243,21 +243,25 @@ def _entry(sha: str, photo: Path, requests: list[dict], fb: dict | None, labels:
     )
 
 
+class NotInQueue(FieldguideError):
+    """A request id whose photo is not in the review queue (not kept, or never logged)."""
+
+
 def find_entry(queue: list[Entry], request_id: str, monitor: Path) -> Entry:
     """The queued photo a request id belongs to.
 
     Raises:
-        FieldguideError: for a request whose photo was not kept, or a request id nobody logged.
+        NotInQueue: for a request whose photo was not kept, or a request id nobody logged.
     """
     for entry in queue:
         if request_id in entry.requests:
             return entry
     if find_record(monitor, PREDICTIONS, request_id) is not None:
-        raise FieldguideError(
+        raise NotInQueue(
             f"request {request_id} was answered but its photo is not in the review queue (only low-confidence, "
             "audit and feedback-flagged photos are kept, for a limited time)"
         )
-    raise FieldguideError(f"unknown request id {request_id!r}: not in the review queue or production's prediction log")
+    raise NotInQueue(f"unknown request id {request_id!r}: not in the review queue or production's prediction log")
 
 
 def plain_name(name: str, what: str) -> str:
