@@ -40,6 +40,11 @@ class Console:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def production_url(self) -> str:
+        """Where the rollouts this console queues put production."""
+        return f"http://127.0.0.1:{yaml.safe_load(self.deploy.read_text())['parameters']['production_port']}"
+
     def start(self) -> None:
         cmd = [sys.executable, str(ROOT / "run.py"), "console", "--config", str(self.config)]
         log = (self.config.parent / "console.log").open("a")
@@ -257,9 +262,7 @@ def test_approver_approves_in_the_browser_and_the_release_reaches_production(con
     row = page.locator("#releases tr", has_text="production")
     assert row.count() == 1, page.locator("#releases").inner_text()
     assert "alice" in row.inner_text() and f"child-succulents {version}" in row.inner_text()
-    live = httpx.get(
-        f"http://127.0.0.1:{yaml.safe_load(console.deploy.read_text())['parameters']['production_port']}/release"
-    ).json()
+    live = httpx.get(f"{console.production_url}/release").json()
     assert live["versions"]["child-succulents"] == version
     page.context.close()
     with console.api("alice") as api:  # the API's reject, recorded as the token's user
@@ -279,7 +282,7 @@ def monitored(console):
 
     live = production_release()
     assert live is not None
-    url = f"http://127.0.0.1:{yaml.safe_load(console.deploy.read_text())['parameters']['production_port']}"
+    url = console.production_url
     since = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 1))
     photos = traffic_photos(release_taxonomy(release_folder(live.id)), 60, 77, 64, "dusk", "")
     sent = send(url, photos, 60, progress=False)
