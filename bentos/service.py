@@ -6,7 +6,10 @@ Preprocessing and the two-stage forward are fieldguide's own (fieldguide.serve.p
 
 HTTP: `POST /classify` is a BentoML API (multipart field `file`; `bentoml.SyncHTTPClient(url).classify(file=...)`
 calls it; its Swagger page is BentoML's `/`), `POST /feedback` (`{request_id, species}` or `{request_id, wrong:
-true}`), `GET /release`, and BentoML's /healthz, /livez, /readyz, /metrics.
+true}`), `GET /release`, and BentoML's /healthz, /livez, /readyz, /metrics. SageMaker's container contract:
+`GET /ping` and `POST /invocations` (the image bytes as the body, or base64 in JSON; answered like /classify);
+the image serves on port 8080 inside the container (BENTOML_PORT, from the SageMaker model's environment and
+bentofile.yaml).
 Every answer is recorded by fieldguide.monitor.capture (BentoML's monitoring API: the prediction log) with its
 features and reduced embeddings; its photo is held for feedback, or kept when sampled for review.
 Every request first goes through fieldguide.serve.edge.UploadEdge: a request id on every answer, the upload limit
@@ -18,6 +21,8 @@ The forward is a batched API of a dependent service; the batcher sheds load past
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import os
 import time
@@ -29,7 +34,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from fieldguide.serve.edge import REQUEST_ID, UPLOADS, WARM_UP, UploadEdge
+from fieldguide.serve.edge import RAW_UPLOADS, REQUEST_ID, UPLOADS, WARM_UP, UploadEdge
 
 RELEASE = bentoml.models.BentoModel(os.environ.get("FIELDGUIDE_RELEASE", "fieldguide-release:latest"))
 # The batcher's latency budget (the release's serving.max_latency_ms, passed by the server starter).
@@ -74,11 +79,11 @@ def answer(ctx: bentoml.Context, status: int, body: dict[str, Any], retry_after:
     return body
 
 
-def failed(ctx: bentoml.Context, rid: str, exc: Exception) -> dict[str, Any]:
+def failed(rid: str, exc: Exception) -> tuple[int, dict[str, Any], int]:
     """A failure inside the model: logged with the request id, answered 500 with it."""
     logger.error("request %s failed in the model service: %s: %s", rid, type(exc).__name__, exc, exc_info=exc)
     body = {"error": "the model failed on this request; see the server log", "reason": "model_error"}
-    return answer(ctx, 500, {**body, "request_id": rid})
+    return 500, {**body, "request_id": rid}, 0
 
 
 def upload_limit() -> int:
@@ -108,7 +113,6 @@ class Classifier:
         A server started otherwise (a plain `bentoml serve`, the serving bench) records nothing.
         """
         import functools
-        import json
 
         from fieldguide.monitor.capture import CAPTURE_VAR, MONITOR_DIR_VAR, SERVER_VAR, Capture
         from fieldguide.monitor.config import CaptureConfig
@@ -162,38 +166,69 @@ class Classifier:
         Errors are JSON bodies with a reason and the request id; their status is set on `ctx` (BentoML applies
         the context's status to whatever an API returns).
         """
+        data = await asyncio.to_thread(file.read_bytes)
+        status, body, retry_after = await self._answer(data, ctx.request.headers)
+        return answer(ctx, status, body, retry_after) if status != 200 else body
+
+    @http.post("/invocations")
+    async def invocations(self, request: Request) -> JSONResponse:
+        """SageMaker's inference route: the same JSON and status codes as /classify.
+
+        The body is the image bytes, or with Content-Type application/json `{"image": "<base64 of the bytes>"}`
+        (for callers and emulators that only carry text).
+        """
+        data = await request.body()
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                data = base64.b64decode(json.loads(data)["image"], validate=True)
+            except (ValueError, KeyError, TypeError):
+                error = {"error": 'a JSON body is {"image": "<base64 of the image bytes>"}', "reason": "bad_json"}
+                return JSONResponse({**error, "request_id": request.headers.get(REQUEST_ID, "")}, status_code=400)
+        status, body, retry_after = await self._answer(data, request.headers)
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @http.get("/ping")
+    async def ping(self) -> JSONResponse:
+        """SageMaker's health check: 200 once the model service answers, else 503."""
+        is_ready = getattr(self.model, "is_ready", None)
+        ready = await is_ready(5) if is_ready is not None else True
+        body = {"status": "healthy" if ready else "starting", "release": self.predictor.release.id}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def _answer(self, data: bytes, headers: Any) -> tuple[int, dict[str, Any], int]:
+        """(status, JSON body, Retry-After seconds) for one uploaded image: decode, preprocess, forward, record."""
         import aiohttp
 
         from fieldguide.serve.predictor import BadRequest
 
         start = time.perf_counter()
-        rid = ctx.request.headers.get(REQUEST_ID, "")
-        data = await asyncio.to_thread(file.read_bytes)
+        rid = headers.get(REQUEST_ID, "")
         try:
             img = await asyncio.to_thread(self.predictor.open, data)
             x = await asyncio.to_thread(self.predictor.preprocess, img)
         except BadRequest as exc:
-            return answer(ctx, exc.status, {**exc.body(), "request_id": rid})
+            return exc.status, {**exc.body(), "request_id": rid}, 0
         try:
             rows = await self._forward(x.numpy()[None])
         except bentoml.exceptions.BentoMLException as exc:
             if exc.error_code.value == 503:  # the batcher shed this request: retrying later will work
                 body = {"error": "the model service is overloaded; retry shortly", "reason": "overloaded"}
-                return answer(ctx, 503, {**body, "request_id": rid}, retry_after=1)
-            return failed(ctx, rid, exc)
+                return 503, {**body, "request_id": rid}, 1
+            return failed(rid, exc)
         except aiohttp.ClientConnectionError:  # the model worker is down (its arbiter respawns it)
             body = {"error": "the model service is restarting; retry shortly", "reason": "unavailable"}
-            return answer(ctx, 503, {**body, "request_id": rid}, retry_after=2)
+            return 503, {**body, "request_id": rid}, 2
         except Exception as exc:  # noqa: BLE001 - any model-side failure is a 500 carrying the request id
-            return failed(ctx, rid, exc)
+            return failed(rid, exc)
         result = {**self.predictor.describe(rows[0], (time.perf_counter() - start) * 1000), "request_id": rid}
-        if ctx.request.headers.get(WARM_UP) or not self.capture.cfg.enabled:
-            return result
+        if headers.get(WARM_UP) or not self.capture.cfg.enabled:
+            return 200, result, 0
         try:
             await asyncio.to_thread(self._record, result, rows[0], img, data)
         except Exception as exc:  # noqa: BLE001 - a recording failure (disk full) never costs the user the answer
             logger.error("request %s: recording failed: %s: %s", rid, type(exc).__name__, exc, exc_info=exc)
-        return result
+        return 200, result, 0
 
     def _record(self, result: dict[str, Any], row: np.ndarray, img: Any, data: bytes) -> None:
         """One prediction-log entry (ids, versions, image hash and features, reduced embeddings, answer, latency)."""
@@ -239,4 +274,4 @@ class Classifier:
         raise AssertionError("unreachable")
 
 
-Classifier.add_asgi_middleware(UploadEdge, uploads=UPLOADS, max_bytes=upload_limit)
+Classifier.add_asgi_middleware(UploadEdge, uploads=UPLOADS, max_bytes=upload_limit, raw_uploads=RAW_UPLOADS)

@@ -36,6 +36,13 @@ FRAMING = 64 * 1024
 MAX_OTHER_BODY = 1024 * 1024
 # POST paths taking a multipart image upload, with their file fields.
 UPLOADS = {"/classify": ("file",)}
+# POST paths taking the image as the whole body (SageMaker's /invocations: bytes, or base64 in JSON, hence 4/3).
+RAW_UPLOADS = ("/invocations",)
+
+
+def raw_upload_limit(max_bytes: int) -> int:
+    """The body limit of a raw upload route: an image at the upload limit, base64-encoded in a JSON object."""
+    return max_bytes * 4 // 3 + FRAMING
 
 
 class Refused(Exception):
@@ -364,6 +371,7 @@ class UploadEdge:
             on first use (a BentoML service reads it from its release).
         read_timeout_s: the longest wait for the next request bytes.
         max_other_body: the body limit of every other request.
+        raw_uploads: POST paths whose whole body is the image (limited to the upload limit itself).
     """
 
     def __init__(
@@ -373,9 +381,11 @@ class UploadEdge:
         max_bytes: int | Callable[[], int],
         read_timeout_s: float = 30.0,
         max_other_body: int = MAX_OTHER_BODY,
+        raw_uploads: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.uploads = uploads
+        self.raw_uploads = raw_uploads
         self._max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s
         self.max_other_body = max_other_body
@@ -395,7 +405,8 @@ class UploadEdge:
         rid = request_id(scope)
         scope, send = with_request_id(scope, rid), tagging(send, rid)
         files = self.uploads.get(scope["path"]) if scope["method"] == "POST" else None
-        limit = self.max_bytes + FRAMING if files else self.max_other_body
+        raw = scope["method"] == "POST" and scope["path"] in self.raw_uploads
+        limit = self.max_bytes + FRAMING if files else raw_upload_limit(self.max_bytes) if raw else self.max_other_body
         try:
             check = MultipartCheck.for_request(header(scope, "content-type"), files) if files else None
         except Refused as exc:

@@ -20,6 +20,7 @@ import httpx
 
 from fieldguide.serve.edge import (
     MAX_OTHER_BODY,
+    RAW_UPLOADS,
     REQUEST_ID,
     UPLOADS,
     WARM_UP,
@@ -121,7 +122,7 @@ class Gateway:
         if not url:
             await send_json(send, 503, {"error": "no production release is being served"}, RETRY_AFTER)
             return
-        upload = scope["method"] == "POST" and scope["path"] in UPLOADS
+        upload = scope["method"] == "POST" and (scope["path"] in UPLOADS or scope["path"] in RAW_UPLOADS)
         limit = self.upstream.max_body if upload else min(self.upstream.max_body, MAX_OTHER_BODY)
         body = await read_or_refuse(scope, receive, send, rid, limit, self.read_timeout_s)
         if body is None:
