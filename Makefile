@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install run test lint format dashboard mlflow-ui monitor-ui serve stop bench stack-local stack-sagemaker clean demo \
-	label-studio label-studio-install label-studio-stop console browser
+	label-studio label-studio-install label-studio-stop console browser sagemaker-image
 
 # Reinstall only when requirements.txt changed (its hash is stamped inside the venv).
 install: $(STAMP)
@@ -55,6 +55,10 @@ label-studio-stop: install
 
 stack-sagemaker: install
 	$(PY) run.py --stack sagemaker
+
+# The SageMaker image of a release (bentoml containerize + docker push to ECR): make sagemaker-image RELEASE=<id>
+sagemaker-image: install
+	$(PY) run.py push-image --release "$(RELEASE)"
 
 stack-local: install
 	$(PY) run.py --stack local

@@ -521,8 +521,22 @@ def rollback(config: str | None, expect: str) -> None:
 
 
 @cli.command()
-def status() -> None:
-    """Staging and production: release, URL, pid, health, and restarts of the supervised production processes."""
+@click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
+def status(config: str | None) -> None:
+    """Staging and production: release, URL, pid, health, and restarts of the supervised production processes.
+
+    On the SageMaker target: each endpoint (production, the staging ones), the release it serves and its status.
+    """
+    from pipelines.deploy_runs import deploy_config
+
+    cfg = deploy_config(ROOT, config)
+    if cfg.target == "sagemaker":
+        from fieldguide.serve.endpoints import Endpoints
+
+        for row in Endpoints(cfg.sagemaker).status_rows():
+            cells = (row[k] or "-" for k in ("role", "endpoint", "release", "status"))
+            click.echo("{:<12} {:<40} {:<18} {}".format(*cells))
+        return
     from fieldguide.serve.servers import status_rows
     from registry.promotion import serving_dir
 
@@ -530,6 +544,20 @@ def status() -> None:
         cells = (row["role"], row["release"] or "-", row["url"] or "-", f"pid {row['pid'] or '-'}", row["health"])
         line = "{:<22} {:<18} {:<24} {:<10} {:<16}".format(*cells)
         click.echo(f"{line} restarts {row['restarts']}" if row["restarts"] else line.rstrip())
+
+
+@cli.command("push-image")
+@click.option("--release", "release_id", required=True, help="The release whose bento becomes the image (its id).")
+@click.option("--config", "config", default=None, help="Deploy config YAML (default: configs/deploy.yaml).")
+def push_image(release_id: str, config: str | None) -> None:
+    """Build the SageMaker image of a release (`bentoml containerize`) and push it to ECR, tagged with its id."""
+    from fieldguide.serve.endpoints import push_image as push
+    from pipelines.deploy_runs import deploy_config
+
+    cfg = deploy_config(ROOT, config)
+    if cfg.target != "sagemaker":
+        raise click.UsageError("the deploy target is local: images are for SageMaker (`--stack sagemaker-deploy`)")
+    click.echo(push(release_id, cfg.sagemaker))
 
 
 @cli.command()

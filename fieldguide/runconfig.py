@@ -16,6 +16,7 @@ from fieldguide.errors import ConfigError
 from fieldguide.evaluate.gate import GateConfig
 from fieldguide.monitor.config import CaptureConfig, Thresholds
 from fieldguide.review.config import RetrainConfig
+from fieldguide.serve.endpoints import EndpointSettings
 from fieldguide.serve.release import ServingConfig
 from fieldguide.train.params import TrainParams
 from fieldguide.train.tuning import TuneConfig
@@ -31,7 +32,7 @@ class ModelPipelineConfig:
     per_group: int = 0
     # Name of the stack's MLflow experiment tracker; empty disables MLflow logging.
     experiment_tracker: str = "fieldguide-mlflow"
-    # Where epoch checkpoints go; empty means <local artifact store>/checkpoints.
+    # Where epoch checkpoints go (a folder or an s3:// URL); empty means <artifact store>/checkpoints.
     checkpoint_dir: str = ""
     # Hyperparameter search.
     tuning: TuneConfig = field(default_factory=TuneConfig)
@@ -81,6 +82,15 @@ class DeployConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
     # What servers record (configs/monitor.yaml's `capture`, filled in by pipelines.deploy_runs.deploy_config).
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    # Where releases go live: `local` (servers on this machine) or `sagemaker` (endpoints; the SageMaker stack's
+    # overlay configs/deploy_sagemaker.yaml sets it).
+    target: str = "local"
+    # The SageMaker endpoints, instance types and blue/green policy (target `sagemaker` only).
+    sagemaker: EndpointSettings = field(default_factory=EndpointSettings)
+
+    def __post_init__(self) -> None:
+        if self.target not in ("local", "sagemaker"):
+            raise ConfigError(f"deploy target {self.target!r}: use local or sagemaker")
 
 
 @dataclass

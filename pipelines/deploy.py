@@ -25,5 +25,9 @@ def deploy_pipeline(
     )
     bento_tag = build_bento(release=release, root=root)
     staging = start_staging(release=release, bento_tag=bento_tag, deploy=deploy, serving_dir=serving_dir)
-    report = test_staging(release=release, staging_server=staging, shard_set=shard_set, deploy=deploy)
-    promote_release(release=release, staging_report=report, deploy=deploy, serving_dir=serving_dir)
+    report = test_staging(
+        release=release, staging_server=staging, shard_set=shard_set, deploy=deploy, serving_dir=serving_dir
+    )
+    promote_release(
+        release=release, staging_server=staging, staging_report=report, deploy=deploy, serving_dir=serving_dir
+    )

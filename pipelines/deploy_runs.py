@@ -22,12 +22,33 @@ from registry.lock import registry_lock
 
 
 def deploy_config(root: Path, config: str | None) -> DeployConfig:
-    """The validated deploy config (configs/deploy.yaml, or the one given), with configs/monitor.yaml's capture."""
-    rc = load_run_config(root, "deploy", config)
+    """The validated deploy config (configs/deploy.yaml, or the one given), with configs/monitor.yaml's capture.
+
+    On the SageMaker stack, configs/deploy_sagemaker.yaml is merged in (target `sagemaker`, the endpoints);
+    its ${VAR} references are expanded from the environment, as the stack's are.
+    """
+    import dataclasses
+
+    from fieldguide.config import from_dict
+    from fieldguide.serve.endpoints import EndpointSettings
+    from stacks import expand_env
+
+    rc = load_run_config(root, "deploy", config, cloud=deploy_cloud())
     if rc.params.capture != CaptureConfig():
         raise ConfigError(f"{rc.path}: `capture` belongs in configs/monitor.yaml, not in the deploy config")
     rc.params.capture = load_run_config(root, "monitor").params.capture
+    if rc.params.target == "sagemaker":
+        expanded = expand_env({"name": "sagemaker", **dataclasses.asdict(rc.params.sagemaker)}, what=f"{rc.path.name}:")
+        rc.params.sagemaker = from_dict(EndpointSettings, {k: v for k, v in expanded.items() if k != "name"})
     return rc.params
+
+
+def deploy_cloud() -> str:
+    """'sagemaker' on the SageMaker stacks (SageMaker orchestrator, or sagemaker-deploy's S3 store), else ''."""
+    from zenml.client import Client
+
+    stack = Client().active_stack
+    return "sagemaker" if stack.orchestrator.flavor == "sagemaker" or stack.artifact_store.flavor == "s3" else ""
 
 
 def new_release_id() -> str:
@@ -41,10 +62,12 @@ def run_deploy(
     versions: dict[str, str] | None = None,
     by: str = "",
     dataset: Dataset | None = None,
+    release_id: str = "",
 ) -> str:
     """Run the deploy pipeline for a release (default: newest approved versions over production); its id.
 
-    A release that fails anywhere is recorded as failed with the reason; production is untouched.
+    A release that fails anywhere is recorded as failed with the reason; production is untouched. `release_id`
+    names it (default: the time; on SageMaker its image must be in ECR under that tag before staging starts).
     """
     import dataclasses
 
@@ -55,15 +78,18 @@ def run_deploy(
     from registry.releases import compose_release, newer_approved
 
     cfg = deploy_config(root, config)
+    _runs_here(cfg)
     with registry_lock(what="this rollout"):
         dataset = dataset or resolve_dataset(root, None, None)
         approvers = [by] if by else []
         if versions is None:
             pins, approvers = newer_approved(dataset.groups)
             versions = compose_release(dataset.groups, pins)
-        release_id = new_release_id()
-        while _release_exists(release_id):  # two rollouts within one second
-            time.sleep(1)
+        if release_id and _release_exists(release_id):
+            raise FieldguideError(f"release {release_id} exists already; a release id names one rollout")
+        while not release_id or _release_exists(release_id):  # two rollouts within one second
+            if release_id:
+                time.sleep(1)
             release_id = new_release_id()
         print(f"deploying release {release_id}", flush=True)
         model = Model(name=RELEASE_MODEL, version=release_id, description="Two-stage releases: router + children")
@@ -79,9 +105,26 @@ def run_deploy(
                     root=str(root),
                 )
         except FieldguideError as exc:
-            _record_failure(release_id, str(exc))
+            _record_failure(release_id, str(exc), cfg)
             raise
         return release_id
+
+
+def _runs_here(cfg: DeployConfig) -> None:
+    """A rollout builds and serves the bento on this machine: its pipeline needs a local orchestrator.
+
+    Raises:
+        ConfigError: on a remote orchestrator (the SageMaker stack), naming the stack to roll out from.
+    """
+    from zenml.client import Client
+
+    flavor = Client().active_stack.orchestrator.flavor
+    if flavor != "local":
+        hint = "`python run.py --stack sagemaker-deploy`" if cfg.target == "sagemaker" else "`--stack local`"
+        raise ConfigError(
+            f"rollouts run on this machine (they build the bento and serve it for staging), not on a {flavor} "
+            f"orchestrator: switch with {hint}, then roll out"
+        )
 
 
 def _release_exists(release_id: str) -> bool:
@@ -90,9 +133,9 @@ def _release_exists(release_id: str) -> bool:
     return any(v.name == release_id for v in release_versions())
 
 
-def _record_failure(release_id: str, reason: str) -> None:
-    """Stop staging and mark a release failed when its run stopped before the promotion routine recorded it."""
-    from registry.promotion import fail, serving_dir
+def _record_failure(release_id: str, reason: str, cfg: DeployConfig) -> None:
+    """Tear staging down and mark a release failed when its run stopped before the promotion routine recorded it."""
+    from registry.promotion import fail, serving_dir, target_for
     from registry.releases import FAILED, PRODUCTION, release_record
 
     try:
@@ -100,7 +143,7 @@ def _record_failure(release_id: str, reason: str) -> None:
     except KeyError:
         return  # the run failed before the release existed
     if status not in (FAILED, PRODUCTION):
-        fail(release_id, reason, serving_dir())
+        fail(release_id, reason, target_for(cfg, serving_dir()))
 
 
 def deploy_after_approval(root: Path, model: str, version: Any, by: str, config: str | None = None) -> str:
@@ -243,4 +286,6 @@ def rollback(root: Path, config: str | None = None, expect: str = "") -> str:
     def shard_set_of(dataset_version: str) -> Any:
         return shard_set_by_version(dataset_version).load()
 
-    return promotion.rollback(deploy_config(root, config), promotion.serving_dir(), shard_set_of, expect)
+    cfg = deploy_config(root, config)
+    _runs_here(cfg)
+    return promotion.rollback(cfg, promotion.target_for(cfg, promotion.serving_dir()), shard_set_of, expect)

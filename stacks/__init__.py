@@ -12,7 +12,7 @@ import yaml
 from fieldguide.errors import ConfigError
 
 STACK_DIR = Path(__file__).resolve().parent
-ALIASES = {"local": "local.yaml", "sagemaker": "sagemaker.yaml"}
+ALIASES = {"local": "local.yaml", "sagemaker": "sagemaker.yaml", "sagemaker-deploy": "sagemaker-deploy.yaml"}
 _ENV_REF = re.compile(r"\$\{([A-Z0-9_]+)\}")
 
 
@@ -24,8 +24,8 @@ def load_stack_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
-def expand_env(spec: Any, environ: dict[str, str] | None = None) -> Any:
-    """Replace every ${VAR} in a stack spec with the environment's value.
+def expand_env(spec: Any, environ: dict[str, str] | None = None, what: str = "stack") -> Any:
+    """Replace every ${VAR} in a stack spec (or another named mapping: `what`) with the environment's value.
 
     Raises:
         ConfigError: naming every variable that is not set.
@@ -45,7 +45,8 @@ def expand_env(spec: Any, environ: dict[str, str] | None = None) -> Any:
 
     out = walk(spec)
     if missing:
-        raise ConfigError(f"stack {spec.get('name')!r} needs these environment variables: {', '.join(sorted(missing))}")
+        names = ", ".join(sorted(missing))
+        raise ConfigError(f"{what} {spec.get('name')!r} needs these environment variables: {names}")
     return out
 
 
@@ -97,10 +98,10 @@ def ensure_repository(root: Path) -> None:
 
 
 def register_stack(spec: dict[str, Any]) -> str:
-    """Register the components and stack of `spec` unless they exist; return the stack name.
+    """Register the components and stack of `spec`, or bring registered ones up to date; return the stack name.
 
-    Running it again changes nothing; a same-named component of another flavor is an error rather than
-    silently reused.
+    Running it again with the same spec changes nothing; a changed setting (a new bucket, another role) updates
+    that component and says so; a same-named component of another flavor is an error rather than silently reused.
     """
     from zenml.client import Client
     from zenml.enums import StackComponentType
@@ -109,22 +110,36 @@ def register_stack(spec: dict[str, Any]) -> str:
     components: dict[StackComponentType, str] = {}
     for type_name, comp in spec["components"].items():
         ctype = StackComponentType(type_name)
-        name, flavor = comp["name"], comp["flavor"]
+        name, flavor, wanted = comp["name"], comp["flavor"], comp.get("configuration") or {}
         existing = client.list_stack_components(type=ctype, name=name)
-        if existing.items:
-            if existing.items[0].flavor_name != flavor:
-                raise ConfigError(
-                    f"stack component {name!r} exists with flavor {existing.items[0].flavor_name!r}, "
-                    f"not {flavor!r}: rename it in the stack YAML or delete it with `zenml {type_name} delete {name}`"
-                )
-        else:
-            client.create_stack_component(
-                name=name, flavor=flavor, component_type=ctype, configuration=comp.get("configuration") or {}
+        if existing.items and existing.items[0].flavor_name != flavor:
+            raise ConfigError(
+                f"stack component {name!r} exists with flavor {existing.items[0].flavor_name!r}, "
+                f"not {flavor!r}: rename it in the stack YAML or delete it with `zenml {type_name} delete {name}`"
             )
+        try:
+            if not existing.items:
+                client.create_stack_component(name=name, flavor=flavor, component_type=ctype, configuration=wanted)
+            else:
+                have = client.get_stack_component(ctype, name).configuration
+                changed = {k: v for k, v in wanted.items() if have.get(k) != v}
+                if changed:
+                    client.update_stack_component(name, ctype, configuration=changed)
+                    print(f"updated {type_name} {name!r}: {', '.join(sorted(changed))}", flush=True)
+        except KeyError as exc:  # a {{secret.key}} reference to a secret the store does not have
+            raise ConfigError(
+                f"{type_name} {name!r}: {exc.args[0]} Create it first, e.g. "
+                "`zenml secret create fieldguide_mlflow --token=<MLflow token>` (README: Running on AWS SageMaker)"
+            ) from None
         components[ctype] = name
     stacks = client.list_stacks(name=spec["name"])
     if not stacks.items:
         client.create_stack(name=spec["name"], components=components)
+    else:
+        have = {ctype: c[0].name for ctype, c in client.get_stack(spec["name"]).components.items() if c}
+        if have != components:
+            client.update_stack(spec["name"], component_updates={t: [n] for t, n in components.items()})
+            print(f"updated stack {spec['name']!r}: its components are now the YAML's", flush=True)
     return spec["name"]
 
 

@@ -144,6 +144,39 @@ def test_production_answers_species_group_and_versions(production, url, images):
     assert production in releases.stdout and "production" in releases.stdout
 
 
+def test_sagemaker_contract_ping_and_invocations_answer_like_classify(production, url, images):
+    """The live `bentoml serve` answers SageMaker's /ping and /invocations (raw bytes, or base64 JSON) as /classify."""
+    import base64
+
+    from fieldguide.serve.servers import ServingState
+    from fieldguide.serve.staging import raw_bad_requests
+    from registry.promotion import serving_dir
+
+    backend = ServingState.load(serving_dir()).production.url  # the bento itself, not the gateway
+    same = ("species", "group", "release", "versions")
+    with httpx.Client(timeout=30) as client:
+        ping = client.get(f"{backend}/ping")
+        assert ping.status_code == 200 and ping.json() == {"status": "healthy", "release": production}
+        for jpeg in images[:3]:
+            want = classify(client, backend, jpeg).json()
+            raw = client.post(f"{backend}/invocations", content=jpeg, headers={"content-type": "image/jpeg"})
+            wrapped = client.post(f"{backend}/invocations", json={"image": base64.b64encode(jpeg).decode()})
+            gateway = client.post(f"{url}/invocations", content=jpeg, headers={"content-type": "image/jpeg"})
+            for resp in (raw, wrapped, gateway):
+                assert resp.status_code == 200 and resp.headers["x-request-id"], resp.text
+                assert {k: resp.json()[k] for k in same} == {k: want[k] for k in same}
+        # The same malformed images get the same status (and reason) on both routes.
+        limit = httpx.get(f"{url}/release", timeout=10).json()["serving"]["max_bytes"]
+        for name, kwargs in raw_bad_requests(images[0], limit):
+            raw = client.post(f"{backend}/invocations", **kwargs)
+            upload = client.post(f"{backend}/classify", files={"file": ("x", kwargs["content"], "image/jpeg")})
+            assert raw.status_code == upload.status_code and 400 <= raw.status_code < 500, (name, raw.text)
+            assert raw.json()["reason"] == upload.json()["reason"], name
+        bad_json = client.post(f"{backend}/invocations", json={"picture": "x"})
+        assert bad_json.status_code == 400 and bad_json.json()["reason"] == "bad_json"
+        assert client.get(f"{backend}/readyz").status_code == 200
+
+
 def malformed(rng: random.Random, jpeg: bytes, i: int) -> dict:
     """The i-th malformed request (httpx keyword arguments)."""
     kind = i % 5

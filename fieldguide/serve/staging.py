@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
@@ -195,8 +195,86 @@ def regression(candidate: float | None, production: tuple[str, float] | None, ma
     )
 
 
+def raw_bad_requests(jpeg: bytes, max_bytes: int) -> list[tuple[str, dict[str, Any]]]:
+    """Malformed `/invocations` bodies (SageMaker's contract: the image bytes themselves) as httpx arguments."""
+    gif = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(gif, format="GIF")
+    return [
+        ("raw: not an image", {"content": b"hello, not an image"}),
+        ("raw: truncated jpeg", {"content": jpeg[: len(jpeg) // 3]}),
+        ("raw: empty body", {"content": b""}),
+        ("raw: huge declared dimensions", {"content": png_header(100_000, 100_000)}),
+        ("raw: unsupported format", {"content": gif.getvalue()}),
+        ("raw: over the byte limit", {"content": b"\xff" * (max_bytes + 1)}),
+    ]
+
+
+class Transport(Protocol):
+    """How the staging checks reach a candidate: its health, and one image classified."""
+
+    where: str  # shown in the report
+
+    def health(self, release_id: str) -> Check:
+        """Is it up, and does it serve `release_id`?"""
+        ...
+
+    def classify(self, jpeg: bytes) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON answer) for one image."""
+        ...
+
+
+@dataclass
+class HttpTransport:
+    """A staging server on this machine: /readyz, /release and multipart /classify."""
+
+    client: httpx.Client
+
+    @property
+    def where(self) -> str:
+        """The server's URL."""
+        return str(self.client.base_url).rstrip("/")
+
+    def health(self, release_id: str) -> Check:
+        """/readyz answers 200 and /release names the release."""
+        ready = self.client.get("/readyz").status_code
+        info = self.client.get("/release").json() if ready == 200 else {}
+        healthy = ready == 200 and info.get("id") == release_id
+        return Check("health", healthy, f"/readyz {ready}, /release {info.get('id')}")
+
+    def classify(self, jpeg: bytes) -> tuple[int, dict[str, Any]]:
+        """POST /classify with the image as multipart field `file`."""
+        resp = self.client.post("/classify", files={"file": ("x.jpg", jpeg, "image/jpeg")})
+        return resp.status_code, resp.json() if resp.status_code == 200 else {}
+
+
+@dataclass
+class EndpointTransport:
+    """A SageMaker endpoint: DescribeEndpoint for health, sagemaker-runtime InvokeEndpoint for answers."""
+
+    endpoints: Any  # fieldguide.serve.endpoints.Endpoints
+    name: str
+
+    @property
+    def where(self) -> str:
+        """The endpoint's name."""
+        return f"sagemaker:{self.name}"
+
+    def health(self, release_id: str) -> Check:
+        """InService, and its endpoint config's model is the release's."""
+        info = self.endpoints.describe(self.name) or {}
+        serving = self.endpoints.serving(self.name) if info else ""
+        status = info.get("EndpointStatus", "missing")
+        return Check("health", status == "InService" and serving == release_id, f"{status}, serves {serving or '-'}")
+
+    def classify(self, jpeg: bytes) -> tuple[int, dict[str, Any]]:
+        """InvokeEndpoint with the image bytes (what SageMaker posts to the container's /invocations)."""
+        return self.endpoints.classify(self.name, jpeg)
+
+
 def run_staging_tests(
-    url: str,
+    transport: Transport,
     release_id: str,
     predictor: TwoStagePredictor,
     samples: list[tuple[bytes, str]],
@@ -204,11 +282,12 @@ def run_staging_tests(
     production: tuple[str, float] | None = None,
     compare_with_production: bool = True,
     log: Callable[[str], None] = print,
+    bad_input: httpx.Client | None = None,
 ) -> StagingReport:
-    """Run every check against `url`; failures are recorded, never raised.
+    """Run every check through `transport`; failures are recorded, never raised.
 
     Args:
-        url: the staging server.
+        transport: how the candidate is reached (a staging server, or a staging endpoint).
         release_id: the release it must serve.
         predictor: the same release in process (the reference for serving correctness).
         samples: held-out (JPEG, species) pairs of the candidate's test split.
@@ -216,18 +295,33 @@ def run_staging_tests(
         production: (release id, end-to-end accuracy on the candidate's test split) of the live release, if any.
         compare_with_production: False for a rollback, where going back to an older release is the point.
         log: where each check's line goes as it is decided.
+        bad_input: a staging server of the same bento that gets the malformed multipart and raw requests
+            (`invoke_endpoint` cannot carry a malformed multipart body); none: the transport's own server.
     """
-    report = StagingReport(release_id, url)
+    report = StagingReport(release_id, transport.where)
 
     def record(check: Check) -> None:
         report.checks.append(check)
         log(f"  [{'ok' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
 
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            _http_checks(client, release_id, predictor, samples, config, record)
-    except httpx.HTTPError as exc:
-        record(Check("staging server", False, f"{type(exc).__name__} talking to {url}: {exc}"))
+        record(transport.health(release_id))
+        served = []
+        for jpeg, species in samples:
+            status, body = transport.classify(jpeg)
+            local, margin = in_process_answer(predictor, jpeg)
+            top = (body.get("species") if status == 200 else None) or [{"name": ""}]
+            served.append(Served(species, top[0]["name"], (body.get("group") or {}).get("name", ""), local, margin))
+        record(serving_correctness(served, config.near_tie))
+        record(served_sanity(served, config))
+        client = bad_input or getattr(transport, "client", None)
+        if client is None:
+            record(Check("bad input", False, "no staging server to send malformed requests to"))
+        else:
+            record(bad_input_check(client, samples[0][0] if samples else b"", predictor.config.max_bytes))
+        record(latency_check(transport, samples, config))
+    except Exception as exc:  # noqa: BLE001 - HTTP or AWS errors: the candidate could not be checked
+        record(Check("staging server", False, f"{type(exc).__name__} talking to {transport.where}: {exc}"))
     if compare_with_production:
         record(regression(predictor.release.end_to_end_accuracy(), production, config.release_max_drop))
     else:
@@ -235,53 +329,31 @@ def run_staging_tests(
     return report
 
 
-def _http_checks(
-    client: httpx.Client,
-    release_id: str,
-    predictor: TwoStagePredictor,
-    samples: list[tuple[bytes, str]],
-    config: DeployConfig,
-    record: Callable[[Check], None],
-) -> None:
-    ready = client.get("/readyz").status_code
-    info = client.get("/release").json() if ready == 200 else {}
-    healthy = ready == 200 and info.get("id") == release_id
-    record(Check("health", healthy, f"/readyz {ready}, /release {info.get('id')}"))
-
-    served = []
-    for i, (jpeg, species) in enumerate(samples):
-        resp = client.post("/classify", files={"file": (f"{i}.jpg", jpeg, "image/jpeg")})
-        body = resp.json() if resp.status_code == 200 else {}
-        local, margin = in_process_answer(predictor, jpeg)
-        top = body.get("species") or [{"name": ""}]
-        served.append(Served(species, top[0]["name"], (body.get("group") or {}).get("name", ""), local, margin))
-    record(serving_correctness(served, config.near_tie))
-    record(served_sanity(served, config))
-
-    codes = {}
-    for name, kwargs in bad_requests(samples[0][0] if samples else b"", predictor.config.max_bytes):
-        codes[name] = client.post("/classify", **kwargs).status_code
+def bad_input_check(client: httpx.Client, jpeg: bytes, max_bytes: int) -> Check:
+    """Malformed multipart /classify and raw /invocations requests all get a 4xx; the server stays healthy."""
+    codes = {name: client.post("/classify", **kwargs).status_code for name, kwargs in bad_requests(jpeg, max_bytes)}
+    for name, kwargs in raw_bad_requests(jpeg, max_bytes):
+        codes[name] = client.post("/invocations", **kwargs).status_code
     bad = {n: c for n, c in codes.items() if not 400 <= c < 500}
     after = client.get("/readyz").status_code
-    record(
-        Check(
-            "bad input",
-            not bad and after == 200,
-            f"{len(codes)} malformed requests → {sorted(set(codes.values()))}; healthy after: {after == 200}"
-            + (f"; not 4xx: {bad}" if bad else ""),
-        )
+    return Check(
+        "bad input",
+        not bad and after == 200,
+        f"{len(codes)} malformed requests → {sorted(set(codes.values()))}; healthy after: {after == 200}"
+        + (f"; not 4xx: {bad}" if bad else ""),
     )
 
+
+def latency_check(transport: Transport, samples: list[tuple[bytes, str]], config: DeployConfig) -> Check:
+    """p95 of `latency_requests` sequential answers within the budget."""
     times = []
     for jpeg, _ in (samples * config.latency_requests)[: config.latency_requests]:
         start = time.perf_counter()
-        client.post("/classify", files={"file": ("x.jpg", jpeg, "image/jpeg")})
+        transport.classify(jpeg)
         times.append((time.perf_counter() - start) * 1000)
     p95 = sorted(times)[int(0.95 * (len(times) - 1))] if times else float("inf")
-    record(
-        Check(
-            "latency",
-            p95 <= config.p95_budget_ms,
-            f"p50 {statistics.median(times or [0]):.1f} ms, p95 {p95:.1f} ms (budget {config.p95_budget_ms} ms)",
-        )
+    return Check(
+        "latency",
+        p95 <= config.p95_budget_ms,
+        f"p50 {statistics.median(times or [0]):.1f} ms, p95 {p95:.1f} ms (budget {config.p95_budget_ms} ms)",
     )

@@ -13,9 +13,17 @@ from registry import promotion
 
 
 @step(enable_cache=False)
-def promote_release(release: Release, staging_report: StagingReport, deploy: dict[str, Any], serving_dir: str) -> None:
-    """Passed: a new production server, the gateway switched to it once healthy, the old one drained, stages moved.
+def promote_release(
+    release: Release,
+    staging_server: dict[str, Any],
+    staging_report: StagingReport,
+    deploy: dict[str, Any],
+    serving_dir: str,
+) -> None:
+    """Production takes a release that passed staging; a failed one is recorded and the step fails.
 
-    Failed: production untouched, staging stopped, release recorded as failed, the step fails.
+    Passed: locally a new server behind the gateway, the old one drained; on SageMaker the production endpoint
+    updated blue/green. Failed: production untouched, staging torn down, the release recorded as failed.
     """
-    promotion.promote(release, staging_report, from_dict(DeployConfig, deploy, "deploy"), Path(serving_dir))
+    target = promotion.target_for(from_dict(DeployConfig, deploy, "deploy"), Path(serving_dir))
+    promotion.promote(release, staging_server, staging_report, target)

@@ -1,6 +1,5 @@
 """Step: start the candidate bento as the staging server (phase 1 of the promotion routine)."""
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +15,6 @@ from registry import promotion
 def start_staging(
     release: Release, bento_tag: str, deploy: dict[str, Any], serving_dir: str
 ) -> Annotated[dict[str, Any], "staging_server"]:
-    """`bentoml serve` on the staging port; pid and port are recorded in the serving state."""
+    """The candidate on the target's staging: `bentoml serve` on the staging port (and, on SageMaker, its endpoint)."""
     cfg = from_dict(DeployConfig, deploy, "deploy")
-    return asdict(promotion.start_staging(release, bento_tag, cfg, Path(serving_dir)))
+    return promotion.start_staging(release, bento_tag, promotion.target_for(cfg, Path(serving_dir)))

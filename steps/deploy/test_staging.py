@@ -2,6 +2,7 @@
 
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 from zenml import log_metadata, step
@@ -17,11 +18,12 @@ from steps.materializers import StagingReportMaterializer
 
 @step(enable_cache=False, output_materializers={"staging_report": StagingReportMaterializer})
 def test_staging(
-    release: Release, staging_server: dict[str, Any], shard_set: ShardSet, deploy: dict[str, Any]
+    release: Release, staging_server: dict[str, Any], shard_set: ShardSet, deploy: dict[str, Any], serving_dir: str
 ) -> Annotated[StagingReport, "staging_report"]:
     """Health, serving correctness, served sanity, bad input, latency, regression against production."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the checks
     cfg = from_dict(DeployConfig, deploy, "deploy")
-    report = promotion.test_staging(release, f"http://127.0.0.1:{staging_server['port']}", cfg, shard_set)
+    target = promotion.target_for(cfg, Path(serving_dir))
+    report = promotion.test_staging(release, staging_server, cfg, shard_set, target)
     log_metadata(metadata={"staging": {"passed": report.passed, "checks": [asdict(c) for c in report.checks]}})
     return report
