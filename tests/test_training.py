@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -85,45 +84,84 @@ def test_mlflow_has_per_epoch_curves(child_run):
     assert run.data.params["dataset_version"].startswith("ds-")
 
 
-def _checkpoints(home: Path) -> list[Path]:
-    return list(home.glob("zenml/local_stores/*/checkpoints/child-succulents-*/last.pt"))
+@pytest.fixture(scope="module")
+def s3_stack():
+    """A stack whose artifact store is S3 on moto's server (the SageMaker stack's kind of store), with the local
+    orchestrator: registered in the session's store, used by a subprocess through ZENML_ACTIVE_STACK_ID only."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from zenml.client import Client
+
+    from fieldguide.ports import free_port
+    from stacks import register_stack
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    s3 = boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+    s3.create_bucket(Bucket="fieldguide-ckpt")
+    spec = {
+        "name": "fieldguide-s3-test",
+        "components": {
+            "orchestrator": {"name": "fieldguide-orchestrator", "flavor": "local"},
+            "artifact_store": {
+                "name": "fieldguide-moto-s3",
+                "flavor": "s3",
+                "configuration": {"path": "s3://fieldguide-ckpt/artifacts", "client_kwargs": {"endpoint_url": url}},
+            },
+            "data_validator": {"name": "fieldguide-evidently", "flavor": "evidently"},
+        },
+    }
+    stack_id = str(Client().get_stack(register_stack(spec)).id)
+    env = {**creds, "AWS_ENDPOINT_URL": url, "ZENML_ACTIVE_STACK_ID": stack_id}
+    yield env, s3
+    server.stop()
+
+
+def _checkpoints(s3) -> list[str]:
+    listing = s3.list_objects_v2(Bucket="fieldguide-ckpt", Prefix="artifacts/checkpoints/child-succulents-")
+    return [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("/last.pt")]
 
 
 @pytest.mark.slow
-def test_sigkill_during_training_then_rerun_resumes(child_run, home, tmp_path):
-    """Acceptance: kill -9 during full training; the same command resumes from the last checkpoint."""
+def test_sigkill_during_training_on_an_s3_store_then_rerun_resumes(child_run, s3_stack, tmp_path):
+    """Acceptance: kill -9 during full training on a remote artifact store; the same command resumes from the
+    checkpoint it left in the store (on SageMaker, a new job finds it there)."""
+    env, s3 = s3_stack
     config = tmp_path / "child_resume.yaml"
-    config.write_text(CHILD_TINY.read_text().replace("epochs: 3", "epochs: 6"))
-    cmd = [
-        sys.executable,
-        str(ROOT / "run.py"),
-        "--pipeline",
-        "child",
-        "--group",
-        "succulents",
-        "--config",
-        str(config),
-    ]
-    before = set(_checkpoints(home))
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    ckpt = None
-    while time.time() < deadline and proc.poll() is None:
-        fresh = [p for p in _checkpoints(home) if p not in before]
-        if fresh:
-            ckpt = fresh[0]
-            break
-        time.sleep(0.2)
-    assert ckpt is not None, "no checkpoint appeared during training"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists()
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    text = CHILD_TINY.read_text().replace("epochs: 3", "epochs: 6")
+    config.write_text(text.replace("experiment_tracker: fieldguide-mlflow", 'experiment_tracker: ""'))
+    cmd = [sys.executable, str(ROOT / "run.py"), "--pipeline", "child", "--group", "succulents"]
+    cmd += ["--config", str(config)]
+    log = tmp_path / "killed.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env}
+        )
+        deadline = time.time() + 300
+        ckpt = None
+        while time.time() < deadline and proc.poll() is None:
+            found = _checkpoints(s3)
+            if found:
+                ckpt = found[0]
+                break
+            time.sleep(0.2)
+        assert ckpt is not None, "no checkpoint appeared in the S3 store during training: " + log.read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _checkpoints(s3) == [ckpt]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    assert "Resuming from checkpoint" in out
+    assert f"Resuming from checkpoint s3://fieldguide-ckpt/{ckpt}" in out
     assert "completed" in out
-    assert not ckpt.exists()  # removed once the model artifact is stored
+    assert _checkpoints(s3) == []  # removed once the model artifact is stored
+    models = s3.list_objects_v2(Bucket="fieldguide-ckpt", Prefix="artifacts/")["KeyCount"]
+    assert models > 0  # the run's artifacts went to the S3 store
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from fieldguide.data.shards import ShardSet, View
 from fieldguide.ports import free_port
-from fieldguide.train.fit import FitResult, TrainParams
+from fieldguide.train.fit import FitResult, Location, TrainParams
 from fieldguide.train.models import ModelBundle, load_bundle, save_bundle
 
 
@@ -62,7 +62,7 @@ def train_distributed(
     backend: str = "nccl",
     train_subset: float = 1.0,
     val_subset: float = 1.0,
-    checkpoint: Path | None = None,
+    checkpoint: Location | None = None,
     init: ModelBundle | None = None,
 ) -> tuple[ModelBundle, FitResult]:
     """Train `world_size` DDP processes (spawned) and return rank 0's model and fit result.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import os
 import random
 import time
@@ -53,8 +54,28 @@ def _autocast(device: torch.device, amp: bool) -> tuple[Any, torch.amp.GradScale
     return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: a crash leaves the previous one intact."""
+Location = Path | str  # a local path, or a URL of a remote artifact store (s3://…)
+
+
+def _remote(path: Location) -> bool:
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def save_checkpoint(path: Location, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically: a crash leaves the previous one intact.
+
+    Locally a temporary file renamed over the old one; remotely one whole-object upload (an S3 object is replaced
+    only once its upload completes).
+    """
+    if _remote(path):
+        import fsspec
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with fsspec.open(str(path), "wb") as fh:
+            fh.write(buffer.getvalue())
+        return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -62,18 +83,40 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def checkpoint_file(
-    root: Path, name: str, dataset_version: str, params: TrainParams, init: dict[str, str] | None = None
-) -> Path:
+    root: Location, name: str, dataset_version: str, params: TrainParams, init: dict[str, str] | None = None
+) -> Location:
     """Deterministic checkpoint path: same model, data, parameters and start → same file, so a rerun resumes."""
     key = digest([name, dataset_version, asdict(params)] + ([init] if init else []))
-    return root / f"{name}-{key[:16]}" / "last.pt"
+    if _remote(root):
+        return f"{str(root).rstrip('/')}/{name}-{key[:16]}/last.pt"
+    return Path(root) / f"{name}-{key[:16]}" / "last.pt"
 
 
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """Load a checkpoint without unpickling arbitrary objects (weights_only)."""
-    if not path.is_file():
+def load_checkpoint(path: Location) -> dict[str, Any] | None:
+    """Load a checkpoint (local or remote) without unpickling arbitrary objects (weights_only); None if absent."""
+    if _remote(path):
+        import fsspec
+
+        fs, bare = fsspec.core.url_to_fs(str(path))
+        if not fs.exists(bare):
+            return None
+        with fs.open(bare, "rb") as fh:
+            return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
+    if not Path(path).is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def remove_checkpoint(path: Location) -> None:
+    """Delete a checkpoint once the model it led to is stored."""
+    if _remote(path):
+        import fsspec
+
+        fs, bare = fsspec.core.url_to_fs(str(path))
+        if fs.exists(bare):
+            fs.rm(bare)
+        return
+    Path(path).unlink(missing_ok=True)
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +149,7 @@ def fit(
     val_loader: DataLoader | None,
     params: TrainParams,
     *,
-    checkpoint: Path | None = None,
+    checkpoint: Location | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     device: torch.device | None = None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ import torch
 from fieldguide.data.loader import ShardDataset, make_loader
 from fieldguide.data.shards import ShardSet, View, child_view, flat_view, parent_view
 from fieldguide.keys import ModelKey
-from fieldguide.train.fit import FitResult, TrainParams, fit, seed_everything
+from fieldguide.train.fit import FitResult, Location, TrainParams, fit, seed_everything
 from fieldguide.train.models import (
     ModelBundle,
     ModelMeta,
@@ -53,7 +52,7 @@ def train_on_view(
     *,
     train_subset: float = 1.0,
     val_subset: float = 1.0,
-    checkpoint: Path | None = None,
+    checkpoint: Location | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     rank: int = 0,

@@ -121,6 +121,11 @@ def save_bundle(bundle: ModelBundle, directory: Path) -> None:
     (directory / META).write_text(json.dumps(asdict(bundle.meta), indent=1))
 
 
+def eval_device() -> torch.device:
+    """Where evaluation runs: CUDA when this machine has it (a GPU instance on SageMaker), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_bundle(directory: Path, device: str = "cpu") -> ModelBundle:
     """Rebuild a model from its JSON metadata and load safetensors weights (no pickle involved)."""
     meta_path = directory / META

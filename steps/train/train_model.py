@@ -1,6 +1,5 @@
 """Step: full training with the best parameters, checkpointed every epoch and resumable after a crash."""
 
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,7 +13,7 @@ from fieldguide.data.shards import ShardSet
 from fieldguide.evaluate.plots import training_curves
 from fieldguide.fingerprint import Init
 from fieldguide.keys import ModelKey
-from fieldguide.train.fit import TrainParams, checkpoint_file
+from fieldguide.train.fit import Location, TrainParams, checkpoint_file, remove_checkpoint
 from fieldguide.train.job import TrainHistory, train_on_view, view_from_spec
 from fieldguide.train.models import ModelBundle
 from fieldguide.train.tuning import apply_params
@@ -22,12 +21,14 @@ from steps.materializers import ModelBundleMaterializer, TrainHistoryMaterialize
 from steps.tracking import log_bytes, log_metrics, log_params, run_id
 
 
-def checkpoint_root(configured: str) -> Path:
-    """The configured checkpoint folder, else <local artifact store>/checkpoints (a temp folder for remote stores)."""
-    if configured:
-        return Path(configured)
-    store = Client().active_stack.artifact_store.path
-    return Path(store) / "checkpoints" if "://" not in store else Path(tempfile.gettempdir()) / "fieldguide-checkpoints"
+def checkpoint_root(configured: str) -> Location:
+    """The configured checkpoint folder, else <artifact store>/checkpoints: local, or remote (s3://…) on SageMaker.
+
+    In the artifact store a training job that is stopped and started again (spot interruption, a crash, a rerun)
+    finds its last epoch, wherever it runs.
+    """
+    store = configured or f"{Client().active_stack.artifact_store.path.rstrip('/')}/checkpoints"
+    return store if "://" in store else Path(store)
 
 
 @step(output_materializers={"model": ModelBundleMaterializer, "training_history": TrainHistoryMaterializer})
@@ -78,5 +79,5 @@ def train_model(
         }
     )
     log_metadata(metadata={"arch": bundle.meta.arch}, infer_model=True)  # a child starting from it must share it
-    ckpt.unlink(missing_ok=True)
+    remove_checkpoint(ckpt)
     return bundle, history
