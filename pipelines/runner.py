@@ -479,9 +479,17 @@ def train_models(
     return produced
 
 
+RELEASE_STEPS = ["evaluate_release"]
+
+
 def release_config(root: Path, config: str | None) -> Any:
     """The validated release-evaluation config (configs/release.yaml)."""
     return load_run_config(root, "release", config).params
+
+
+def release_options(root: Path, config: str | None, cloud: str = "") -> dict[str, Any]:
+    """ZenML's run config of the release evaluation, with configs/release_<cloud>.yaml merged on a cloud stack."""
+    return zenml_options(load_run_config(root, "release", config, cloud=cloud), RELEASE_STEPS)
 
 
 def run_release_eval(
@@ -502,8 +510,9 @@ def run_release_eval(
     children = {key.group: bundle for key, bundle in bundles.items() if key.kind == "child"}
     check_classes(bundles[ModelKey.router()], children, Client().get_artifact_version(dataset.shard_set_id).load())
     cfg = release_config(root, config)
+    options = release_options(root, config, active_cloud())
     with pipeline_errors():
-        run = release_eval_pipeline(
+        run = release_eval_pipeline.with_options(**options)(
             shard_set_id=dataset.shard_set_id, versions=versions, ks=cfg.top_k, flat_version=flat_version
         )
     table = output_artifact(run, "evaluate_release", "two_stage_evaluation").load()

@@ -69,6 +69,11 @@ def validate_schedule(schedule: Any, where: str) -> None:
         Schedule(**schedule)
     except (ValidationError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    cron = schedule.get("cron_expression")
+    if cron and len(str(cron).split()) not in (6, 7):
+        # ZenML's Schedule takes Unix cron; SageMaker's orchestrator (EventBridge) takes AWS cron only, and would
+        # refuse it after creating the SageMaker pipeline.
+        raise ConfigError(f"{where}: SageMaker schedules take AWS cron (6 fields, e.g. '0 * * * ? *'), not {cron!r}")
 
 
 def load_overlay(path: Path, steps: list[str]) -> dict[str, Any]:

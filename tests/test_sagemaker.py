@@ -26,8 +26,14 @@ OVERLAYS = sorted((ROOT / "configs").glob("*_sagemaker.yaml"))
 
 
 def steps_of(overlay: Path) -> list[str]:
+    from pipelines.runner import RELEASE_STEPS
+
     if overlay.name.startswith("monitor"):
         return monitor_steps(["router", "child-ferns", "child-succulents"])
+    if overlay.name.startswith("release"):
+        return RELEASE_STEPS
+    if overlay.name.startswith("deploy"):
+        return []  # the deploy overlay holds parameters only (the rollout runs on this machine)
     return DATA_STEPS if overlay.name.startswith("data") else step_ids(5)
 
 
@@ -100,12 +106,16 @@ def test_monitor_runs_on_a_schedule_on_sagemaker(tmp_path):
 
     text = "\n".join(dry_run(ROOT, "monitor", None, None))
     assert "fieldguide_monitor" in text and "assess_router" in text and "ml.m5.large" in text
-    assert "schedule: {'cron_expression': '0 * * * *'}" in text
+    assert "schedule: {'cron_expression': '0 * * * ? *'}" in text
     data = yaml.safe_load((ROOT / "configs/monitor_sagemaker.yaml").read_text())
-    data["schedule"] = {"cron_expresion": "0 * * * *"}
+    data["schedule"] = {"cron_expresion": "0 * * * ? *"}
     path = tmp_path / "monitor_sagemaker.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="cron_expresion"):
+        load_overlay(path, monitor_steps(["router"]))
+    data["schedule"] = {"cron_expression": "0 * * * *"}  # Unix cron: ZenML accepts it, SageMaker's EventBridge not
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="AWS cron"):
         load_overlay(path, monitor_steps(["router"]))
 
 
@@ -156,7 +166,7 @@ def test_pipelines_compile_for_the_sagemaker_stack(shard_set_id, demo_catalog, m
     assert train.instance_type == "ml.g5.xlarge" and train.use_training_step
     assert steps["tune_trial_0"].config.settings[key].instance_type == "ml.g5.xlarge"
     assert steps["report_drift"].config.settings[key].instance_type == "ml.m5.xlarge"  # the pipeline-level default
-    assert snapshot.pipeline_configuration.settings["docker"].parent_image.startswith("pytorch/pytorch:")
+    assert snapshot.pipeline_configuration.settings["docker"].parent_image == "python:3.11-slim"
 
     data_params, data_rest = data_parameters(ROOT, None, str(demo_catalog), "sagemaker")
     assert set(data_rest.get("steps", {})) <= set(DATA_STEPS)
@@ -166,3 +176,90 @@ def test_pipelines_compile_for_the_sagemaker_stack(shard_set_id, demo_catalog, m
     compiled = Compiler().compile(pipeline=data, stack=stack, run_configuration=data_run_config)
     assert compiled.step_configurations["ingest_catalog"].config.settings[key].instance_type == "ml.t3.medium"
     assert compiled.step_configurations["validate_images"].config.settings[key].instance_type == "ml.m5.2xlarge"
+
+    from pipelines.release import release_eval_pipeline
+    from pipelines.runner import release_options
+
+    release = release_eval_pipeline.with_options(**release_options(ROOT, None, "sagemaker"))
+    release.prepare(shard_set_id=shard_set_id, versions={}, ks=[1, 2])
+    compiled = Compiler().compile(pipeline=release, stack=stack, run_configuration=PipelineRunConfiguration())
+    evaluate = compiled.step_configurations["evaluate_release"].config.settings
+    assert evaluate[key].instance_type == "ml.m5.xlarge" and evaluate["docker"].requirements == "requirements.txt"
+
+
+def test_overlay_images_leave_torch_and_cuda_to_the_requirements():
+    """The pairing written down in the README: requirements.txt pins torch and the CUDA 13 wheels it was built
+    with; the SageMaker images start from a Python image without a torch (and CUDA) of their own."""
+    pins = dict(line.split("==", 1) for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    assert pins["torch"] == "2.14.1" and pins["nvidia-cuda-runtime"].startswith("13.")
+    assert pins["nvidia-cudnn-cu13"] and "nvidia-cudnn-cu12" not in pins
+    for overlay in OVERLAYS:
+        image = (yaml.safe_load(overlay.read_text()).get("settings") or {}).get("docker", {}).get("parent_image")
+        assert image in (None, "python:3.11-slim"), f"{overlay.name}: {image} may bring another torch/CUDA"
+    readme = (ROOT / "README.md").read_text()
+    assert "torch 2.14.1" in readme and "CUDA 13.0" in readme and "driver" in readme
+
+
+def test_changed_bucket_updates_the_registered_stack(tmp_path):
+    """`make stack-sagemaker` twice with another bucket: the S3 artifact store (and orchestrator) follow it."""
+    import os
+    import subprocess
+
+    (tmp_path / "repo").mkdir()
+    env = {
+        **os.environ,
+        **AWS_ENV,
+        "ZENML_CONFIG_PATH": str(tmp_path / "zenml"),  # a store of its own: the session's stays on `local`
+        "ZENML_REPOSITORY_PATH": str(tmp_path / "repo"),
+        "FIELDGUIDE_HOME": str(tmp_path),
+    }
+
+    def make(**overrides: str) -> subprocess.CompletedProcess:
+        cmd = ["make", "-s", "stack-sagemaker"]
+        res = subprocess.run(cmd, cwd=ROOT, env={**env, **overrides}, capture_output=True, text=True, timeout=300)
+        res.stdout += res.stderr  # what the user sees
+        return res
+
+    def artifact_store_path() -> str:
+        code = (
+            "from zenml.client import Client; "
+            "print(Client().active_stack_model.components['artifact_store'][0].configuration['path'])"
+        )
+        res = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", code], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip().splitlines()[-1]
+
+    missing = make()
+    assert missing.returncode != 0 and "zenml secret create fieldguide_mlflow" in missing.stderr, missing.stderr
+    zenml = [str(ROOT / ".venv/bin/zenml"), "secret", "create", "fieldguide_mlflow", "--token=test-token"]
+    subprocess.run(zenml, env=env, check=True, capture_output=True, timeout=120)
+    first = make()
+    assert first.returncode == 0 and "active stack: fieldguide-sagemaker" in first.stdout, first.stderr
+    assert artifact_store_path() == "s3://fieldguide-test/fieldguide/artifacts"
+    moved = make(FIELDGUIDE_S3_BUCKET="fieldguide-moved")
+    assert moved.returncode == 0, moved.stderr
+    assert "updated artifact_store 'fieldguide-s3-artifacts': path" in moved.stdout
+    assert "updated orchestrator 'fieldguide-sagemaker-orchestrator': bucket" in moved.stdout
+    assert artifact_store_path() == "s3://fieldguide-moved/fieldguide/artifacts"
+    again = make(FIELDGUIDE_S3_BUCKET="fieldguide-moved")
+    assert again.returncode == 0 and "updated" not in again.stdout, again.stdout
+
+
+def test_deploy_overlay_puts_releases_on_sagemaker_endpoints():
+    """On the SageMaker stacks configs/deploy_sagemaker.yaml turns the target to SageMaker; its ${VAR}s are named."""
+    from fieldguide.config import from_dict
+    from fieldguide.runconfig import load_run_config
+    from fieldguide.serve.endpoints import EndpointSettings
+    from stacks import expand_env
+
+    assert load_run_config(ROOT, "deploy").params.target == "local"
+    settings = load_run_config(ROOT, "deploy", cloud="sagemaker").params.sagemaker
+    raw = {"name": "sagemaker", **{k: v for k, v in vars(settings).items() if k != "alarms"}}
+    expanded = expand_env(raw, AWS_ENV, what="deploy_sagemaker.yaml:")
+    typed = from_dict(EndpointSettings, {k: v for k, v in expanded.items() if k != "name"})
+    assert typed.role_arn == AWS_ENV["FIELDGUIDE_SAGEMAKER_ROLE_ARN"] and typed.region == "eu-west-1"
+    assert typed.production_instance_type == "ml.c5.xlarge" and typed.traffic_routing == "CANARY"
+    with pytest.raises(ConfigError, match="FIELDGUIDE_SAGEMAKER_ROLE_ARN"):
+        expand_env(raw, {}, what="deploy_sagemaker.yaml:")
+    with pytest.raises(ConfigError, match="invoke_as"):
+        EndpointSettings(invoke_as="multipart")

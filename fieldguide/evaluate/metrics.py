@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from fieldguide.data.loader import ShardDataset
 from fieldguide.data.shards import ShardSet, View
-from fieldguide.train.models import ModelBundle, eval_transform
+from fieldguide.train.models import ModelBundle, eval_device, eval_transform
 
 IMAGE_FEATURES = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b", "width", "height", "aspect")
 
@@ -77,10 +77,14 @@ def predict(
     batch_size: int = 64,
     progress: bool = True,
 ) -> Predictions:
-    """Run the model over a split of a view with the serving transform; keep probabilities, embeddings, features."""
+    """Run the model over a split of a view with the serving transform; keep probabilities, embeddings, features.
+
+    On CUDA when present; the model is back on the CPU afterwards.
+    """
     transform = eval_transform(bundle.meta.data_config)
     dataset = ShardDataset(shard_set, split, view, lambda img: (transform(img), image_stats(img)), with_keys=True)
-    model = bundle.model.eval()
+    device = eval_device()
+    model = bundle.model.eval().to(device)
     keys: list[str] = []
     labels: list[int] = []
     probs: list[np.ndarray] = []
@@ -89,9 +93,9 @@ def predict(
     batch: list[tuple[torch.Tensor, int]] = []
 
     def flush() -> None:
-        logits, pre = forward_with_embedding(model, torch.stack([b[0] for b in batch]))
-        probs.append(logits.float().softmax(1).numpy())
-        embeddings.append(pre.float().numpy())
+        logits, pre = forward_with_embedding(model, torch.stack([b[0] for b in batch]).to(device))
+        probs.append(logits.float().softmax(1).cpu().numpy())
+        embeddings.append(pre.float().cpu().numpy())
         labels.extend(b[1] for b in batch)
         batch.clear()
 
@@ -106,6 +110,7 @@ def predict(
     if batch:
         flush()
     bar.close()
+    bundle.model.to("cpu")
     n_classes = len(view.labels)
     return Predictions(
         keys,

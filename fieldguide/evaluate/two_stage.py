@@ -10,7 +10,7 @@ import torch
 from fieldguide.data.loader import ShardDataset, make_loader
 from fieldguide.data.shards import ShardSet, flat_view
 from fieldguide.errors import FieldguideError
-from fieldguide.train.models import ModelBundle, eval_transform
+from fieldguide.train.models import ModelBundle, eval_device, eval_transform
 
 
 def combine(
@@ -72,13 +72,16 @@ class TwoStageTable:
 
 @torch.no_grad()
 def _probs(bundle: ModelBundle, shard_set: ShardSet) -> tuple[np.ndarray, np.ndarray]:
-    """A model's probabilities and the global species labels over the test split, in shard order."""
+    """A model's probabilities and the global species labels over the test split, in shard order (CUDA if present)."""
     view = flat_view(shard_set)
     loader = make_loader(ShardDataset(shard_set, "test", view, eval_transform(bundle.meta.data_config)), 64)
+    device = eval_device()
+    model = bundle.model.eval().to(device)
     probs, labels = [], []
     for x, y in loader:
-        probs.append(bundle.model.eval()(x).float().softmax(1).numpy())
+        probs.append(model(x.to(device)).float().softmax(1).cpu().numpy())
         labels.append(y.numpy())
+    bundle.model.to("cpu")
     return np.concatenate(probs), np.concatenate(labels)
 
 
