@@ -1,4 +1,4 @@
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def test_help_lists_pipelines_and_options():
@@ -68,3 +68,19 @@ def test_registry_cli_loads_neither_torch_nor_steps():
     assert "registry.versions" in modules
     heavy = sorted(m for m in modules if m.split(".")[0] in ("torch", "torchvision", "timm", "steps", "pipelines"))
     assert not heavy, heavy
+
+
+def test_github_workflows_validate_against_githubs_schema(tmp_path):
+    """The workflows cannot run here: `make test` checks them against GitHub's schema (a typo fails it)."""
+    import shutil
+    import subprocess
+
+    check = [str(ROOT / ".venv/bin/check-jsonschema"), "--builtin-schema", "vendor.github-workflows"]
+    workflows = sorted(str(p) for p in (ROOT / ".github/workflows").glob("*.yml"))
+    ok = subprocess.run([*check, *workflows], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    broken = tmp_path / "ci.yml"
+    shutil.copy(ROOT / ".github/workflows/ci.yml", broken)
+    broken.write_text(broken.read_text().replace("runs-on:", "run-on:", 1))
+    bad = subprocess.run([*check, str(broken)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "run-on" in bad.stdout + bad.stderr, bad.stdout
