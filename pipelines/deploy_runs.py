@@ -38,17 +38,23 @@ def deploy_config(root: Path, config: str | None) -> DeployConfig:
         raise ConfigError(f"{rc.path}: `capture` belongs in configs/monitor.yaml, not in the deploy config")
     rc.params.capture = load_run_config(root, "monitor").params.capture
     if rc.params.target == "sagemaker":
-        expanded = expand_env({"name": "sagemaker", **dataclasses.asdict(rc.params.sagemaker)}, what=f"{rc.path.name}:")
+        where = f"{(rc.overlay_path or rc.path).name}:"
+        expanded = expand_env({"name": "sagemaker", **dataclasses.asdict(rc.params.sagemaker)}, what=where)
         rc.params.sagemaker = from_dict(EndpointSettings, {k: v for k, v in expanded.items() if k != "name"})
     return rc.params
 
 
-def deploy_cloud() -> str:
-    """'sagemaker' on the SageMaker stacks (SageMaker orchestrator, or sagemaker-deploy's S3 store), else ''."""
-    from zenml.client import Client
+SAGEMAKER_DEPLOY_STACK = "fieldguide-sagemaker-deploy"  # stacks/sagemaker-deploy.yaml's name
 
-    stack = Client().active_stack
-    return "sagemaker" if stack.orchestrator.flavor == "sagemaker" or stack.artifact_store.flavor == "s3" else ""
+
+def deploy_cloud() -> str:
+    """'sagemaker' on the SageMaker stacks (a SageMaker orchestrator, or the sagemaker-deploy stack), else ''."""
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    stack = Client().active_stack_model
+    orchestrator = stack.components[StackComponentType.ORCHESTRATOR][0]
+    return "sagemaker" if orchestrator.flavor_name == "sagemaker" or stack.name == SAGEMAKER_DEPLOY_STACK else ""
 
 
 def new_release_id() -> str:

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from fieldguide.errors import FieldguideError
 from fieldguide.serve.release import BENTO_NAME, Release, write_stage
 from fieldguide.serve.servers import (
@@ -113,21 +115,31 @@ def test_staging(
 ) -> StagingReport:
     """Phase 2: the staging checks; a check that crashes (server died, timeout) fails the report, never raises."""
     from fieldguide.serve.predictor import TwoStagePredictor
-    from fieldguide.serve.staging import Check, StagingReport, held_out_samples, production_reference
+    from fieldguide.serve.staging import (
+        Check,
+        StagingReport,
+        held_out_samples,
+        production_reference,
+        run_staging_tests,
+    )
 
     try:
         production = None
         live = production_release() if compare_with_production else None
         if live is not None and live.id != release.id:
             production = production_reference(live, release_folder(live.id), shard_set)
-        return target.check_staging(
-            release,
-            staging,
-            TwoStagePredictor(release_folder(release.id)),
-            held_out_samples(shard_set, cfg.accuracy_sample),
-            production,
-            compare_with_production,
-        )
+        # Every target serves the candidate's bento on a local staging server too: the malformed requests go there.
+        with httpx.Client(base_url=f"http://127.0.0.1:{staging['port']}", timeout=30) as local:
+            return run_staging_tests(
+                target.transport(staging, local),
+                local,
+                release.id,
+                TwoStagePredictor(release_folder(release.id)),
+                held_out_samples(shard_set, cfg.accuracy_sample),
+                cfg,
+                production,
+                compare_with_production,
+            )
     except Exception as exc:  # noqa: BLE001 - whatever broke, the verdict is "failed", with the reason
         report = StagingReport(release.id, str(staging.get("endpoint") or staging.get("port", "")))
         report.checks.append(Check("staging tests", False, f"crashed: {type(exc).__name__}: {exc}"))

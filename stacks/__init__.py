@@ -136,7 +136,8 @@ def register_stack(spec: dict[str, Any]) -> str:
     if not stacks.items:
         client.create_stack(name=spec["name"], components=components)
     else:
-        have = {ctype: c[0].name for ctype, c in client.get_stack(spec["name"]).components.items() if c}
+        registered = client.get_stack(spec["name"]).components
+        have = {ctype: registered[ctype][0].name for ctype in components if registered.get(ctype)}
         if have != components:
             client.update_stack(spec["name"], component_updates={t: [n] for t, n in components.items()})
             print(f"updated stack {spec['name']!r}: its components are now the YAML's", flush=True)

@@ -53,11 +53,13 @@ class EndpointSettings:
     staging_endpoint: str = "fieldguide-staging"
     # The production endpoint (its name is what the app calls; it stays across releases).
     production_endpoint: str = "fieldguide-production"
-    # Instance type and count of a staging endpoint (one small instance: it only answers the checks).
+    # Instance type of a staging endpoint (small: it only answers the checks).
     staging_instance_type: str = "ml.m5.large"
+    # Instances of a staging endpoint.
     staging_instance_count: int = 1
-    # Instance type and count of production.
+    # Instance type of production.
     production_instance_type: str = "ml.c5.xlarge"
+    # Instances of production (two or more: an instance can fail without an outage).
     production_instance_count: int = 2
     # Blue/green traffic shifting: ALL_AT_ONCE, CANARY (canary_percent first) or LINEAR (canary_percent per step).
     traffic_routing: str = "CANARY"
@@ -80,8 +82,23 @@ class EndpointSettings:
     invoke_as: str = "bytes"
 
     def __post_init__(self) -> None:
+        """Refuse what SageMaker would refuse, before a rollout pays for staging."""
+        problems = []
         if self.invoke_as not in ("bytes", "base64-json"):
-            raise ConfigError(f"sagemaker.invoke_as {self.invoke_as!r}: use bytes or base64-json")
+            problems.append(f"invoke_as {self.invoke_as!r}: use bytes or base64-json")
+        if self.traffic_routing not in ("ALL_AT_ONCE", "CANARY", "LINEAR"):
+            problems.append(f"traffic_routing {self.traffic_routing!r}: use ALL_AT_ONCE, CANARY or LINEAR")
+        if not 1 <= self.canary_percent <= 100:
+            problems.append(f"canary_percent {self.canary_percent}: 1 to 100")
+        if min(self.staging_instance_count, self.production_instance_count) < 1:
+            problems.append("instance counts must be at least 1")
+        if not 600 <= self.max_execution_s <= 28800:
+            problems.append(f"max_execution_s {self.max_execution_s}: 600 to 28800 (SageMaker's limits)")
+        for name in ("wait_interval_s", "termination_wait_s"):
+            if not 0 <= getattr(self, name) <= 3600:
+                problems.append(f"{name} {getattr(self, name)}: 0 to 3600 (SageMaker's limits)")
+        if problems:
+            raise ConfigError("sagemaker settings: " + "; ".join(problems))
 
 
 @dataclass
@@ -112,6 +129,18 @@ def aws_error(exc: Exception) -> str:
 def model_name(release_id: str) -> str:
     """The SageMaker model of a release (names are unique per account and region)."""
     return f"fieldguide-{release_id}"
+
+
+def config_name(settings: EndpointSettings, release_id: str, role: str) -> str:
+    """The endpoint config of a release in a role, named with its instances: changed settings make a new config."""
+    from fieldguide.fingerprint import digest
+
+    instances = (
+        (settings.production_instance_type, settings.production_instance_count)
+        if role == "production"
+        else (settings.staging_instance_type, settings.staging_instance_count)
+    )
+    return f"fieldguide-{role}-{release_id}-{digest(list(instances))[:6]}"
 
 
 class Endpoints:
@@ -175,7 +204,7 @@ class Endpoints:
             if role == "production"
             else (s.staging_instance_type, s.staging_instance_count)
         )
-        name = f"fieldguide-{role}-{release_id}"
+        name = config_name(s, release_id, role)
         variant = {
             "VariantName": VARIANT,
             "ModelName": self.ensure_model(release_id),
@@ -210,19 +239,19 @@ class Endpoints:
         model = config["ProductionVariants"][0]["ModelName"]
         return model.removeprefix("fieldguide-")
 
-    def wait(self, endpoint: str) -> dict[str, Any]:
-        """Poll until the endpoint is InService.
+    def wait(self, endpoint: str, timeout_s: float = 0) -> dict[str, Any]:
+        """Poll until the endpoint is InService (at most `timeout_s`, default the settings' wait_timeout_s).
 
         Raises:
             FieldguideError: when it failed, disappeared, or stayed in transition past the timeout.
         """
-        deadline = time.monotonic() + self.settings.wait_timeout_s
+        deadline = time.monotonic() + (timeout_s or self.settings.wait_timeout_s)
         while True:
             info = self.describe(endpoint)
             status = info["EndpointStatus"] if info else "missing"
             if status == "InService":
                 return info
-            if status in ("Failed", "OutOfService", "missing"):
+            if status in ("Failed", "UpdateRollbackFailed", "OutOfService", "missing"):
                 reason = (info or {}).get("FailureReason", "")
                 raise FieldguideError(f"endpoint {endpoint} is {status}" + (f": {reason}" if reason else ""))
             if time.monotonic() > deadline:
@@ -241,10 +270,18 @@ class Endpoints:
         self.wait(name)
         return name
 
-    def delete(self, endpoint: str) -> None:
-        """Delete an endpoint if it exists (its config and model stay, for a later rollback)."""
-        if self.describe(endpoint) is not None:
-            self.clients.sagemaker.delete_endpoint(EndpointName=endpoint)
+    def delete(self, endpoint: str, wait: bool = False) -> None:
+        """Delete an endpoint if it exists (its config and model stay, for a later rollback); `wait` until gone."""
+        if self.describe(endpoint) is None:
+            return
+        self.clients.sagemaker.delete_endpoint(EndpointName=endpoint)
+        deadline = time.monotonic() + self.settings.wait_timeout_s
+        while wait and self.describe(endpoint) is not None:
+            if time.monotonic() > deadline:
+                raise FieldguideError(
+                    f"endpoint {endpoint} still exists {self.settings.wait_timeout_s:.0f} s after deletion"
+                )
+            time.sleep(self.settings.poll_s)
 
     def put_alarms(self) -> list[str]:
         """Create or update the production alarms; their names."""
@@ -296,7 +333,12 @@ class Endpoints:
         """
         s = self.settings
         config = self.create_config(release_id, "production")
-        if self.describe(s.production_endpoint) is None:
+        current = self.describe(s.production_endpoint)
+        if current is not None and current["EndpointStatus"] == "Failed":  # a first creation that failed: anew
+            print(f"production endpoint {s.production_endpoint} is Failed; creating it again", flush=True)
+            self.delete(s.production_endpoint, wait=True)
+            current = None
+        if current is None:
             self.clients.sagemaker.create_endpoint(
                 EndpointName=s.production_endpoint,
                 EndpointConfigName=config,
@@ -310,7 +352,8 @@ class Endpoints:
                 DeploymentConfig=self.deployment_config(self.put_alarms()),
             )
             print(f"production endpoint {s.production_endpoint}: blue/green update to {config}", flush=True)
-        info = self.wait(s.production_endpoint)
+        # An update may take its whole budget and then roll back: wait past it, never decide while it runs.
+        info = self.wait(s.production_endpoint, max(s.wait_timeout_s, s.max_execution_s + s.termination_wait_s))
         if info["EndpointConfigName"] != config:
             raise FieldguideError(
                 f"SageMaker rolled {s.production_endpoint} back to {info['EndpointConfigName']} (an alarm fired "
@@ -348,9 +391,11 @@ class Endpoints:
         """Production and every staging endpoint: role, name, release, status."""
         s = self.settings
         rows = []
+        pages = self.clients.sagemaker.get_paginator("list_endpoints").paginate(NameContains=s.staging_endpoint)
         names = [s.production_endpoint] + sorted(
             e["EndpointName"]
-            for e in self.clients.sagemaker.list_endpoints(NameContains=s.staging_endpoint)["Endpoints"]
+            for page in pages
+            for e in page["Endpoints"]
             if e["EndpointName"].startswith(s.staging_endpoint + "-")
         )
         for name in names:

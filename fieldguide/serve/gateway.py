@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from fieldguide.serve.edge import (
+    FRAMING,
     MAX_OTHER_BODY,
     RAW_UPLOADS,
     REQUEST_ID,
@@ -28,6 +29,7 @@ from fieldguide.serve.edge import (
     Receive,
     Scope,
     Send,
+    raw_upload_limit,
     read_or_refuse,
     request_id,
     send_json,
@@ -122,8 +124,12 @@ class Gateway:
         if not url:
             await send_json(send, 503, {"error": "no production release is being served"}, RETRY_AFTER)
             return
-        upload = scope["method"] == "POST" and (scope["path"] in UPLOADS or scope["path"] in RAW_UPLOADS)
-        limit = self.upstream.max_body if upload else min(self.upstream.max_body, MAX_OTHER_BODY)
+        post = scope["method"] == "POST"
+        limit = min(self.upstream.max_body, MAX_OTHER_BODY)
+        if post and scope["path"] in UPLOADS:
+            limit = self.upstream.max_body
+        elif post and scope["path"] in RAW_UPLOADS:  # the image's bytes, or base64 in JSON: the backend's own limit
+            limit = raw_upload_limit(self.upstream.max_body - FRAMING)
         body = await read_or_refuse(scope, receive, send, rid, limit, self.read_timeout_s)
         if body is None:
             return

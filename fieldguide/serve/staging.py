@@ -275,6 +275,7 @@ class EndpointTransport:
 
 def run_staging_tests(
     transport: Transport,
+    bad_input: httpx.Client,
     release_id: str,
     predictor: TwoStagePredictor,
     samples: list[tuple[bytes, str]],
@@ -282,12 +283,13 @@ def run_staging_tests(
     production: tuple[str, float] | None = None,
     compare_with_production: bool = True,
     log: Callable[[str], None] = print,
-    bad_input: httpx.Client | None = None,
 ) -> StagingReport:
     """Run every check through `transport`; failures are recorded, never raised.
 
     Args:
         transport: how the candidate is reached (a staging server, or a staging endpoint).
+        bad_input: the staging server of the same bento on this machine, which gets the malformed multipart and
+            raw requests (`invoke_endpoint` carries raw bytes: it cannot send a broken multipart body).
         release_id: the release it must serve.
         predictor: the same release in process (the reference for serving correctness).
         samples: held-out (JPEG, species) pairs of the candidate's test split.
@@ -295,8 +297,6 @@ def run_staging_tests(
         production: (release id, end-to-end accuracy on the candidate's test split) of the live release, if any.
         compare_with_production: False for a rollback, where going back to an older release is the point.
         log: where each check's line goes as it is decided.
-        bad_input: a staging server of the same bento that gets the malformed multipart and raw requests
-            (`invoke_endpoint` cannot carry a malformed multipart body); none: the transport's own server.
     """
     report = StagingReport(release_id, transport.where)
 
@@ -314,11 +314,7 @@ def run_staging_tests(
             served.append(Served(species, top[0]["name"], (body.get("group") or {}).get("name", ""), local, margin))
         record(serving_correctness(served, config.near_tie))
         record(served_sanity(served, config))
-        client = bad_input or getattr(transport, "client", None)
-        if client is None:
-            record(Check("bad input", False, "no staging server to send malformed requests to"))
-        else:
-            record(bad_input_check(client, samples[0][0] if samples else b"", predictor.config.max_bytes))
+        record(bad_input_check(bad_input, samples[0][0] if samples else b"", predictor.config.max_bytes))
         record(latency_check(transport, samples, config))
     except Exception as exc:  # noqa: BLE001 - HTTP or AWS errors: the candidate could not be checked
         record(Check("staging server", False, f"{type(exc).__name__} talking to {transport.where}: {exc}"))

@@ -17,6 +17,7 @@ import httpx
 
 from fieldguide.errors import FieldguideError
 from fieldguide.monitor.capture import staging_capture
+from fieldguide.serve.endpoints import aws_error, push_image
 from fieldguide.serve.servers import (
     ServingState,
     health,
@@ -29,31 +30,21 @@ from fieldguide.serve.servers import (
 if TYPE_CHECKING:
     from fieldguide.runconfig import DeployConfig
     from fieldguide.serve.endpoints import Endpoints
-    from fieldguide.serve.predictor import TwoStagePredictor
     from fieldguide.serve.release import Release
-    from fieldguide.serve.staging import StagingReport
+    from fieldguide.serve.staging import Transport
 
 
 class Target(Protocol):
     """What the promotion routine needs of a place releases are served from."""
 
-    kind: str
     folder: Path  # this machine's serving folder (state, logs, the stages releases report)
 
     def start_staging(self, release: Release, bento: str) -> dict[str, Any]:
         """Serve the candidate on staging; a description of it (the deploy pipeline's `staging_server`)."""
         ...
 
-    def check_staging(
-        self,
-        release: Release,
-        staging: dict[str, Any],
-        predictor: TwoStagePredictor,
-        samples: list[tuple[bytes, str]],
-        production: tuple[str, float] | None,
-        compare_with_production: bool,
-    ) -> StagingReport:
-        """The staging checks against the candidate."""
+    def transport(self, staging: dict[str, Any], local: httpx.Client) -> Transport:
+        """How the checks reach the candidate; `local` talks to the staging server of its bento on this machine."""
         ...
 
     def staging_serves(self, release: Release) -> bool:
@@ -71,8 +62,6 @@ class Target(Protocol):
 
 class LocalTarget:
     """Servers on this machine: `bentoml serve` for staging, the gateway and a supervised backend for production."""
-
-    kind = "local"
 
     def __init__(self, cfg: DeployConfig, folder: Path, monitor_root: Path) -> None:
         self.cfg, self.folder, self.monitor_root = cfg, folder, monitor_root
@@ -93,22 +82,11 @@ class LocalTarget:
         print(f"staging: {release.id} on {server.url} (pid {server.pid})", flush=True)
         return asdict(server)
 
-    def check_staging(
-        self,
-        release: Release,
-        staging: dict[str, Any],
-        predictor: TwoStagePredictor,
-        samples: list[tuple[bytes, str]],
-        production: tuple[str, float] | None,
-        compare_with_production: bool,
-    ) -> StagingReport:
+    def transport(self, staging: dict[str, Any], local: httpx.Client) -> Transport:
         """Every check over HTTP against the staging server."""
-        from fieldguide.serve.staging import HttpTransport, run_staging_tests
+        from fieldguide.serve.staging import HttpTransport
 
-        with httpx.Client(base_url=f"http://127.0.0.1:{staging['port']}", timeout=30) as client:
-            return run_staging_tests(
-                HttpTransport(client), release.id, predictor, samples, self.cfg, production, compare_with_production
-            )
+        return HttpTransport(local)
 
     def staging_serves(self, release: Release) -> bool:
         """The recorded staging server serves the release and is healthy."""
@@ -145,51 +123,26 @@ class LocalTarget:
 class SageMakerTarget:
     """SageMaker endpoints for staging and production; a local staging server of the same bento for bad input."""
 
-    kind = "sagemaker"
-
     def __init__(self, local: LocalTarget, endpoints: Endpoints) -> None:
         self.local, self.endpoints = local, endpoints
         self.folder = local.folder
 
     def start_staging(self, release: Release, bento: str) -> dict[str, Any]:
         """The local staging server, the release's image in ECR (pushed if missing), its staging endpoint InService."""
-        from fieldguide.serve.endpoints import push_image
-
         server = self.local.start_staging(release, bento)
         try:
             if not self.endpoints.has_image(release.id):
                 push_image(release.id, self.endpoints.settings, self.endpoints.clients)
             endpoint = self.endpoints.start_staging(release.id)
         except Exception as exc:  # noqa: BLE001 - AWS errors of any kind: staging did not start
-            from fieldguide.serve.endpoints import aws_error
-
             raise FieldguideError(f"the staging endpoint did not start: {aws_error(exc)}") from exc
         return {**server, "endpoint": endpoint}
 
-    def check_staging(
-        self,
-        release: Release,
-        staging: dict[str, Any],
-        predictor: TwoStagePredictor,
-        samples: list[tuple[bytes, str]],
-        production: tuple[str, float] | None,
-        compare_with_production: bool,
-    ) -> StagingReport:
-        """Health, answers and latency through `invoke_endpoint`; malformed requests to the local server."""
-        from fieldguide.serve.staging import EndpointTransport, run_staging_tests
+    def transport(self, staging: dict[str, Any], local: httpx.Client) -> Transport:
+        """Health, answers and latency through `invoke_endpoint` (malformed requests still go to `local`)."""
+        from fieldguide.serve.staging import EndpointTransport
 
-        transport = EndpointTransport(self.endpoints, staging["endpoint"])
-        with httpx.Client(base_url=f"http://127.0.0.1:{staging['port']}", timeout=30) as client:
-            return run_staging_tests(
-                transport,
-                release.id,
-                predictor,
-                samples,
-                self.local.cfg,
-                production,
-                compare_with_production,
-                bad_input=client,
-            )
+        return EndpointTransport(self.endpoints, staging["endpoint"])
 
     def staging_serves(self, release: Release) -> bool:
         """The staging endpoint is InService with the release's model."""
@@ -198,20 +151,36 @@ class SageMakerTarget:
         return bool(info) and info["EndpointStatus"] == "InService" and self.endpoints.serving(name) == release.id
 
     def stop_staging(self, release_id: str) -> None:
-        """Delete the candidate's staging endpoint and stop the local staging server."""
-        self.local.stop_staging(release_id)
-        if release_id:
+        """Delete the candidate's staging endpoint and stop the local staging server (each tried on its own).
+
+        Raises:
+            FieldguideError: naming what could not be torn down (after both were tried).
+        """
+        problems = []
+        try:
             self.endpoints.delete(self.endpoints.staging_name(release_id))
+        except Exception as exc:  # noqa: BLE001 - an endpoint left running costs money: say so, then go on
+            problems.append(f"staging endpoint {self.endpoints.staging_name(release_id)}: {aws_error(exc)}")
+        try:
+            self.local.stop_staging(release_id)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"local staging server: {type(exc).__name__}: {exc}")
+        if problems:
+            raise FieldguideError("staging not torn down: " + "; ".join(problems))
 
     def go_live(self, release: Release, staging: dict[str, Any]) -> str:
-        """The production endpoint created or updated blue/green; staging torn down either way."""
+        """The production endpoint created or updated blue/green, then staging torn down.
+
+        The teardown is best effort: production already serves the release, a teardown failure is only a warning.
+        """
         try:
-            return self.endpoints.go_live(release.id)
+            where = self.endpoints.go_live(release.id)
         except FieldguideError:
             raise
         except Exception as exc:  # noqa: BLE001 - AWS errors: production did not take the release
-            from fieldguide.serve.endpoints import aws_error
-
             raise FieldguideError(f"updating the production endpoint failed: {aws_error(exc)}") from exc
-        finally:
+        try:
             self.stop_staging(release.id)
+        except FieldguideError as exc:
+            print(f"warning: {exc}", flush=True)
+        return where

@@ -58,6 +58,7 @@ Location = Path | str  # a local path, or a URL of a remote artifact store (s3:/
 
 
 def _remote(path: Location) -> bool:
+    """A URL of a remote filesystem (s3://…), not a local path."""
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
 
 
@@ -108,7 +109,7 @@ def load_checkpoint(path: Location) -> dict[str, Any] | None:
 
 
 def remove_checkpoint(path: Location) -> None:
-    """Delete a checkpoint once the model it led to is stored."""
+    """Delete a checkpoint once training has produced its model (the step returns it for ZenML to store)."""
     if _remote(path):
         import fsspec
 

@@ -1,5 +1,8 @@
 """The SageMaker rollout target against moto's server over HTTP (ECR, IAM, SageMaker, sagemaker-runtime, CloudWatch).
 
+Promoting a release marks its model versions as production in the session's registry: this module runs after the
+modules whose quality gates compare new versions with no production version (test_evaluation).
+
 moto has no UpdateEndpoint: that one call goes through botocore's Stubber (its request validated against the
 service model by the client, its parameters compared with the expected blue/green policy), and its effect is then
 applied to moto through the public API (the endpoint recreated on the new config), as SageMaker would after the
@@ -58,17 +61,21 @@ class Aws:
         self.clients = Clients(client("sagemaker"), client("sagemaker-runtime"), client("ecr"), client("cloudwatch"))
         self.stubber = UpdateEndpointStubber(self.clients.sagemaker)
         self.stubber.activate()
-        self.updates: list[dict] = []
+        self.updates: list[dict] = []  # every UpdateEndpoint the target issued (recorded before the Stubber answers)
+        self.rolled_back: set[str] = set()  # endpoint configs whose update an alarm "rolls back"
         events = self.clients.sagemaker.meta.events
-        events.register("before-parameter-build.sagemaker.UpdateEndpoint", self._record)
+        events.register_first("before-parameter-build.sagemaker.UpdateEndpoint", self._record)
         events.register("after-call.sagemaker.UpdateEndpoint", self._apply)
 
     def _record(self, params, **_):
         self.updates.append(params)
 
     def _apply(self, **_):
-        """What SageMaker does once the blue/green shift completes: the endpoint now runs the new config."""
+        """What SageMaker does once the blue/green shift completes: the endpoint now runs the new config (unless
+        an alarm fired: then it is back on the old one, as after an automatic rollback)."""
         update = self.updates[-1]
+        if update["EndpointConfigName"] in self.rolled_back:
+            return
         self.moto.delete_endpoint(EndpointName=update["EndpointName"])
         self.moto.create_endpoint(EndpointName=update["EndpointName"], EndpointConfigName=update["EndpointConfigName"])
 
@@ -132,6 +139,20 @@ def config(aws, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def settings(config):
+    """The test config's SageMaker settings (endpoint config names carry its instance settings)."""
+    from pipelines.deploy_runs import deploy_config as load_deploy
+
+    return load_deploy(ROOT, str(config)).sagemaker
+
+
+def production_config(settings, release_id: str) -> str:
+    from fieldguide.serve.endpoints import config_name
+
+    return config_name(settings, release_id, "production")
+
+
+@pytest.fixture(scope="module")
 def answers(releases, dataset, config, tmp_path_factory) -> list[dict]:
     """The good release's in-process answers to the held-out images the staging checks send, in their order."""
     from zenml.client import Client
@@ -152,49 +173,59 @@ def answers(releases, dataset, config, tmp_path_factory) -> list[dict]:
     return [predictor.describe(predictor.forward(predictor.decode(jpeg)[None])[0]) for jpeg, _ in samples]
 
 
+POLICY = {
+    "BlueGreenUpdatePolicy": {
+        "TrafficRoutingConfiguration": {
+            "Type": "CANARY",
+            "WaitIntervalInSeconds": 300,
+            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
+        },
+        "TerminationWaitInSeconds": 300,
+        "MaximumExecutionTimeoutInSeconds": 3600,
+    },
+    "AutoRollbackConfiguration": {
+        "Alarms": [
+            {"AlarmName": "fieldguide-production-Invocation5XXErrors"},
+            {"AlarmName": "fieldguide-production-ModelLatency"},
+        ]
+    },
+}
+
+
+def expect_update(aws, settings, release_id: str, policy=POLICY) -> None:
+    """The Stubber's answer to the next UpdateEndpoint, given exactly these parameters."""
+    arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/fieldguide-production"
+    expected = {
+        "EndpointName": "fieldguide-production",
+        "EndpointConfigName": production_config(settings, release_id),
+        "DeploymentConfig": policy,
+    }
+    aws.stubber.add_response("update_endpoint", {"EndpointArn": arn}, expected_params=expected)
+
+
 @pytest.fixture(scope="module")
-def rollouts(aws, config, answers, releases, dataset):
-    """Three rollouts to the SageMaker target: the first creates production, the second updates it, the third
-    (answering one species for every image) fails; the releases are retired after."""
+def rollouts(aws, config, settings, answers, releases, dataset):
+    """Four rollouts to the SageMaker target: the first creates production, the second updates it, the third
+    (answering one species for every image) fails its checks, the fourth passes them but its update is rolled
+    back by SageMaker (an alarm); the releases are retired after."""
     from pipelines.deploy_runs import new_release_id, run_deploy
     from registry.releases import ARCHIVED, set_release
     from registry.releases import now as stamp
 
-    ids = [f"{new_release_id()}-sm{i}" for i in range(3)]
+    ids = [f"{new_release_id()}-sm{i}" for i in range(4)]
     for release_id in ids:
         aws.push_image(release_id)
-    aws.stubber.add_response(
-        "update_endpoint",
-        {"EndpointArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/fieldguide-production"},
-        expected_params={
-            "EndpointName": "fieldguide-production",
-            "EndpointConfigName": f"fieldguide-production-{ids[1]}",
-            "DeploymentConfig": {
-                "BlueGreenUpdatePolicy": {
-                    "TrafficRoutingConfiguration": {
-                        "Type": "CANARY",
-                        "WaitIntervalInSeconds": 300,
-                        "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
-                    },
-                    "TerminationWaitInSeconds": 300,
-                    "MaximumExecutionTimeoutInSeconds": 3600,
-                },
-                "AutoRollbackConfiguration": {
-                    "Alarms": [
-                        {"AlarmName": "fieldguide-production-Invocation5XXErrors"},
-                        {"AlarmName": "fieldguide-production-ModelLatency"},
-                    ]
-                },
-            },
-        },
-    )
+    expect_update(aws, settings, ids[1])
+    expect_update(aws, settings, ids[3])
+    aws.rolled_back.add(production_config(settings, ids[3]))
     outcomes = {}
-    for release_id, feed in zip(ids, (answers, answers, [answers[0]] * len(answers)), strict=True):
+    feeds = (answers, answers, [answers[0]] * len(answers), answers)
+    for release_id, feed in zip(ids, feeds, strict=True):
         aws.feed(feed)
         try:
             run_deploy(ROOT, str(config), versions=releases.good, by="tester", dataset=dataset, release_id=release_id)
             outcomes[release_id] = "promoted"
-        except Exception as exc:  # noqa: BLE001 - the third one is meant to fail
+        except Exception as exc:  # noqa: BLE001 - the third and fourth are meant to fail
             outcomes[release_id] = f"failed: {exc}"
     yield ids, outcomes
     from fieldguide.serve.servers import stop_all
@@ -205,22 +236,23 @@ def rollouts(aws, config, answers, releases, dataset):
         set_release(release_id, status=ARCHIVED, rolled_back_at=stamp())
 
 
-def test_first_release_creates_production_and_the_next_one_is_a_blue_green_update(aws, rollouts):
-    ids, outcomes = rollouts
-    assert outcomes[ids[0]] == "promoted" and outcomes[ids[1]] == "promoted", outcomes
+def test_first_release_creates_production_and_the_next_one_is_a_blue_green_update(aws, rollouts, settings):
     from registry.releases import release_record
 
+    ids, outcomes = rollouts
+    assert outcomes[ids[0]] == "promoted" and outcomes[ids[1]] == "promoted", outcomes
     for release_id in ids[:2]:
         record = release_record(release_id)
         assert record["promoted_at"], record
-    # The first rollout created the production endpoint; the second went through UpdateEndpoint, exactly once,
+    # The first rollout created the production endpoint; the second (and the fourth) went through UpdateEndpoint
     # with the blue/green policy and the alarms the Stubber expected (it raises on any other parameters).
-    assert [u["EndpointConfigName"] for u in aws.updates] == [f"fieldguide-production-{ids[1]}"]
+    updated = [u["EndpointConfigName"] for u in aws.updates]
+    assert updated == [production_config(settings, ids[1]), production_config(settings, ids[3])]
     aws.stubber.assert_no_pending_responses()
     alarms = aws.clients.cloudwatch.describe_alarms(AlarmNamePrefix="fieldguide-production")["MetricAlarms"]
     assert {a["MetricName"] for a in alarms} == {"Invocation5XXErrors", "ModelLatency"}
     assert all({"Name": "EndpointName", "Value": "fieldguide-production"} in a["Dimensions"] for a in alarms)
-    config = aws.moto.describe_endpoint_config(EndpointConfigName=f"fieldguide-production-{ids[1]}")
+    config = aws.moto.describe_endpoint_config(EndpointConfigName=production_config(settings, ids[1]))
     variant = config["ProductionVariants"][0]
     assert variant["InstanceType"] == "ml.c5.xlarge" and variant["InitialInstanceCount"] == 2
     model = aws.moto.describe_model(ModelName=f"fieldguide-{ids[1]}")
@@ -229,7 +261,7 @@ def test_first_release_creates_production_and_the_next_one_is_a_blue_green_updat
     assert model["ExecutionRoleArn"].endswith(":role/fieldguide-sagemaker")
 
 
-def test_one_class_answers_fail_staging_and_production_is_not_updated(aws, rollouts):
+def test_one_class_answers_fail_staging_and_production_is_not_updated(aws, rollouts, settings):
     from registry.releases import release_record
 
     ids, outcomes = rollouts
@@ -238,12 +270,22 @@ def test_one_class_answers_fail_staging_and_production_is_not_updated(aws, rollo
     assert record["status"] == "failed", record
     assert "[FAIL] serving correctness" in record["failure"] and "sagemaker:fieldguide-staging-" in record["failure"]
     assert "[ok] bad input" in record["failure"]  # the malformed requests went to the local staging server
-    assert len(aws.updates) == 1  # no UpdateEndpoint for the failed release
-    production = aws.moto.describe_endpoint(EndpointName="fieldguide-production")
-    assert production["EndpointConfigName"] == f"fieldguide-production-{ids[1]}"
+    assert production_config(settings, ids[2]) not in [u["EndpointConfigName"] for u in aws.updates]
     # Every staging endpoint is gone once its release was promoted or failed.
     names = [e["EndpointName"] for e in aws.moto.list_endpoints()["Endpoints"]]
     assert names == ["fieldguide-production"], names
+
+
+def test_an_update_rolled_back_by_an_alarm_fails_the_release_and_production_stays(aws, rollouts, settings):
+    from registry.releases import production_release, release_record
+
+    ids, outcomes = rollouts
+    assert outcomes[ids[3]].startswith("failed:"), outcomes
+    record = release_record(ids[3])
+    assert record["status"] == "failed" and "SageMaker rolled fieldguide-production back" in record["failure"]
+    production = aws.moto.describe_endpoint(EndpointName="fieldguide-production")
+    assert production["EndpointConfigName"] == production_config(settings, ids[1])
+    assert production_release().id == ids[1]
 
 
 def test_status_reads_the_endpoints(aws, rollouts, config):
@@ -256,23 +298,45 @@ def test_status_reads_the_endpoints(aws, rollouts, config):
     assert "production   fieldguide-production" in res.stdout and ids[1] in res.stdout and "InService" in res.stdout
 
 
-def test_rollback_goes_back_through_a_staging_endpoint_and_a_blue_green_update(aws, rollouts, config, answers):
+def test_rollback_goes_back_through_a_staging_endpoint_and_a_blue_green_update(
+    aws, rollouts, config, settings, answers
+):
     from pipelines.deploy_runs import rollback
     from registry.releases import production_release
 
     ids, _ = rollouts
     aws.feed(answers)
-    arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/fieldguide-production"
-    expected = {
-        "EndpointName": "fieldguide-production",
-        "EndpointConfigName": f"fieldguide-production-{ids[0]}",
-        "DeploymentConfig": ANY,  # the policy itself is checked in the first test
-    }
-    aws.stubber.add_response("update_endpoint", {"EndpointArn": arn}, expected_params=expected)
+    expect_update(aws, settings, ids[0], policy=ANY)  # the policy itself is checked in the first test
     assert rollback(ROOT, str(config)) == ids[0]
-    assert [u["EndpointConfigName"] for u in aws.updates][-1] == f"fieldguide-production-{ids[0]}"
+    assert aws.updates[-1]["EndpointConfigName"] == production_config(settings, ids[0])
     aws.stubber.assert_no_pending_responses()
     production = aws.moto.describe_endpoint(EndpointName="fieldguide-production")
-    assert production["EndpointConfigName"] == f"fieldguide-production-{ids[0]}"
+    assert production["EndpointConfigName"] == production_config(settings, ids[0])
     assert production_release().id == ids[0]
     assert [e["EndpointName"] for e in aws.moto.list_endpoints()["Endpoints"]] == ["fieldguide-production"]
+
+
+def test_invoke_sends_the_image_bytes_and_maps_a_container_4xx():
+    """What moto cannot show: the default `bytes` body, and a container's 4xx coming back as a ModelError."""
+    import io
+
+    import boto3
+    from botocore.response import StreamingBody
+
+    from fieldguide.serve.endpoints import Clients, Endpoints, EndpointSettings
+
+    runtime = boto3.client("sagemaker-runtime", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    endpoints = Endpoints(EndpointSettings(), Clients(None, runtime, None, None))
+    sent = {"EndpointName": "e", "Body": b"jpeg", "ContentType": "image/jpeg", "Accept": "application/json"}
+    answer = json.dumps({"species": [{"name": "Aloe vera"}]}).encode()
+    with Stubber(runtime) as stub:
+        body = StreamingBody(io.BytesIO(answer), len(answer))
+        stub.add_response("invoke_endpoint", {"Body": body}, expected_params={**sent, "InferenceId": ANY})
+        stub.add_client_error(
+            "invoke_endpoint",
+            service_error_code="ModelError",
+            http_status_code=424,
+            modeled_fields={"OriginalStatusCode": 415, "OriginalMessage": '{"reason": "format_not_allowed"}'},
+        )
+        assert endpoints.classify("e", b"jpeg") == (200, {"species": [{"name": "Aloe vera"}]})
+        assert endpoints.classify("e", b"jpeg") == (415, {"reason": "format_not_allowed"})
