@@ -27,7 +27,7 @@ def deploy_config(root: Path, config: str | None) -> DeployConfig:
     On the SageMaker stack, configs/deploy_sagemaker.yaml is merged in (target `sagemaker`, the endpoints);
     its ${VAR} references are expanded from the environment, as the stack's are.
     """
-    import dataclasses
+    from dataclasses import asdict
 
     from fieldguide.config import from_dict
     from fieldguide.serve.endpoints import EndpointSettings
@@ -38,9 +38,8 @@ def deploy_config(root: Path, config: str | None) -> DeployConfig:
         raise ConfigError(f"{rc.path}: `capture` belongs in configs/monitor.yaml, not in the deploy config")
     rc.params.capture = load_run_config(root, "monitor").params.capture
     if rc.params.target == "sagemaker":
-        where = f"{(rc.overlay_path or rc.path).name}:"
-        expanded = expand_env({"name": "sagemaker", **dataclasses.asdict(rc.params.sagemaker)}, what=where)
-        rc.params.sagemaker = from_dict(EndpointSettings, {k: v for k, v in expanded.items() if k != "name"})
+        where = f"{(rc.overlay_path or rc.path).name}: sagemaker"
+        rc.params.sagemaker = from_dict(EndpointSettings, expand_env(asdict(rc.params.sagemaker), what=where))
     return rc.params
 
 
@@ -50,11 +49,10 @@ SAGEMAKER_DEPLOY_STACK = "fieldguide-sagemaker-deploy"  # stacks/sagemaker-deplo
 def deploy_cloud() -> str:
     """'sagemaker' on the SageMaker stacks (a SageMaker orchestrator, or the sagemaker-deploy stack), else ''."""
     from zenml.client import Client
-    from zenml.enums import StackComponentType
 
-    stack = Client().active_stack_model
-    orchestrator = stack.components[StackComponentType.ORCHESTRATOR][0]
-    return "sagemaker" if orchestrator.flavor_name == "sagemaker" or stack.name == SAGEMAKER_DEPLOY_STACK else ""
+    from pipelines.runner import active_cloud
+
+    return active_cloud() or ("sagemaker" if Client().active_stack_model.name == SAGEMAKER_DEPLOY_STACK else "")
 
 
 def new_release_id() -> str:

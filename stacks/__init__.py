@@ -24,8 +24,8 @@ def load_stack_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
-def expand_env(spec: Any, environ: dict[str, str] | None = None, what: str = "stack") -> Any:
-    """Replace every ${VAR} in a stack spec (or another named mapping: `what`) with the environment's value.
+def expand_env(spec: Any, environ: dict[str, str] | None = None, what: str = "") -> Any:
+    """Replace every ${VAR} in a stack spec (or another mapping, named in errors by `what`) with the environment's.
 
     Raises:
         ConfigError: naming every variable that is not set.
@@ -46,7 +46,8 @@ def expand_env(spec: Any, environ: dict[str, str] | None = None, what: str = "st
     out = walk(spec)
     if missing:
         names = ", ".join(sorted(missing))
-        raise ConfigError(f"{what} {spec.get('name')!r} needs these environment variables: {names}")
+        where = what or f"stack {spec.get('name')!r}"
+        raise ConfigError(f"{where} needs these environment variables: {names}")
     return out
 
 

@@ -254,12 +254,11 @@ def test_deploy_overlay_puts_releases_on_sagemaker_endpoints():
 
     assert load_run_config(ROOT, "deploy").params.target == "local"
     settings = load_run_config(ROOT, "deploy", cloud="sagemaker").params.sagemaker
-    raw = {"name": "sagemaker", **{k: v for k, v in vars(settings).items() if k != "alarms"}}
-    expanded = expand_env(raw, AWS_ENV, what="deploy_sagemaker.yaml:")
-    typed = from_dict(EndpointSettings, {k: v for k, v in expanded.items() if k != "name"})
+    raw = {k: v for k, v in vars(settings).items() if k != "alarms"}
+    typed = from_dict(EndpointSettings, expand_env(raw, AWS_ENV, what="deploy_sagemaker.yaml: sagemaker"))
     assert typed.role_arn == AWS_ENV["FIELDGUIDE_SAGEMAKER_ROLE_ARN"] and typed.region == "eu-west-1"
     assert typed.production_instance_type == "ml.c5.xlarge" and typed.traffic_routing == "CANARY"
     with pytest.raises(ConfigError, match="FIELDGUIDE_SAGEMAKER_ROLE_ARN"):
-        expand_env(raw, {}, what="deploy_sagemaker.yaml:")
+        expand_env(raw, {}, what="deploy_sagemaker.yaml: sagemaker")
     with pytest.raises(ConfigError, match="invoke_as"):
         EndpointSettings(invoke_as="multipart")

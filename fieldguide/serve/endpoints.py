@@ -131,16 +131,18 @@ def model_name(release_id: str) -> str:
     return f"fieldguide-{release_id}"
 
 
+def instances(settings: EndpointSettings, role: str) -> tuple[str, int]:
+    """(instance type, count) of a role: production, or staging."""
+    if role == "production":
+        return settings.production_instance_type, settings.production_instance_count
+    return settings.staging_instance_type, settings.staging_instance_count
+
+
 def config_name(settings: EndpointSettings, release_id: str, role: str) -> str:
     """The endpoint config of a release in a role, named with its instances: changed settings make a new config."""
     from fieldguide.fingerprint import digest
 
-    instances = (
-        (settings.production_instance_type, settings.production_instance_count)
-        if role == "production"
-        else (settings.staging_instance_type, settings.staging_instance_count)
-    )
-    return f"fieldguide-{role}-{release_id}-{digest(list(instances))[:6]}"
+    return f"fieldguide-{role}-{release_id}-{digest(list(instances(settings, role)))[:6]}"
 
 
 class Endpoints:
@@ -198,13 +200,8 @@ class Endpoints:
 
     def create_config(self, release_id: str, role: str) -> str:
         """An endpoint config serving the release with the role's (staging, production) instances."""
-        s = self.settings
-        instance_type, count = (
-            (s.production_instance_type, s.production_instance_count)
-            if role == "production"
-            else (s.staging_instance_type, s.staging_instance_count)
-        )
-        name = config_name(s, release_id, role)
+        instance_type, count = instances(self.settings, role)
+        name = config_name(self.settings, release_id, role)
         variant = {
             "VariantName": VARIANT,
             "ModelName": self.ensure_model(release_id),
@@ -230,10 +227,9 @@ class Endpoints:
                 return None
             raise
 
-    def serving(self, endpoint: str) -> str:
-        """The release an endpoint serves now ('' when it does not exist)."""
-        info = self.describe(endpoint)
-        if info is None:
+    def serving(self, info: dict[str, Any] | None) -> str:
+        """The release an endpoint serves, from its DescribeEndpoint answer ('' when it does not exist)."""
+        if not info:
             return ""
         config = self.clients.sagemaker.describe_endpoint_config(EndpointConfigName=info["EndpointConfigName"])
         model = config["ProductionVariants"][0]["ModelName"]
@@ -357,7 +353,7 @@ class Endpoints:
         if info["EndpointConfigName"] != config:
             raise FieldguideError(
                 f"SageMaker rolled {s.production_endpoint} back to {info['EndpointConfigName']} (an alarm fired "
-                f"during the blue/green update); production still serves {self.serving(s.production_endpoint)}"
+                f"during the blue/green update); production still serves {self.serving(info)}"
             )
         return s.production_endpoint
 
@@ -404,7 +400,7 @@ class Endpoints:
                 {
                     "role": "production" if name == s.production_endpoint else "staging",
                     "endpoint": name,
-                    "release": self.serving(name) if info else "",
+                    "release": self.serving(info),
                     "status": info["EndpointStatus"] if info else "not created",
                 }
             )

@@ -98,22 +98,29 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-def bad_requests(jpeg: bytes, max_bytes: int) -> list[tuple[str, dict[str, Any]]]:
-    """Malformed /classify requests as httpx keyword arguments, by name."""
+def bad_images(jpeg: bytes, max_bytes: int) -> list[tuple[str, str, bytes, str]]:
+    """Malformed uploads as (name, file name, bytes, content type): what every upload route must refuse with a 4xx."""
     gif = io.BytesIO()
     from PIL import Image
 
     Image.new("RGB", (32, 32)).save(gif, format="GIF")
     return [
-        ("not an image", {"files": {"file": ("x.jpg", b"hello, not an image", "image/jpeg")}}),
-        ("truncated jpeg", {"files": {"file": ("x.jpg", jpeg[: len(jpeg) // 3], "image/jpeg")}}),
-        ("empty file", {"files": {"file": ("x.jpg", b"", "image/jpeg")}}),
-        ("huge declared dimensions", {"files": {"file": ("x.png", png_header(100_000, 100_000), "image/png")}}),
-        ("unsupported format", {"files": {"file": ("x.gif", gif.getvalue(), "image/gif")}}),
+        ("not an image", "x.jpg", b"hello, not an image", "image/jpeg"),
+        ("truncated jpeg", "x.jpg", jpeg[: len(jpeg) // 3], "image/jpeg"),
+        ("empty file", "x.jpg", b"", "image/jpeg"),
+        ("huge declared dimensions", "x.png", png_header(100_000, 100_000), "image/png"),
+        ("unsupported format", "x.gif", gif.getvalue(), "image/gif"),
+        ("over the byte limit", "x.jpg", b"\xff" * (max_bytes + 1), "image/jpeg"),
+    ]
+
+
+def bad_requests(jpeg: bytes, max_bytes: int) -> list[tuple[str, dict[str, Any]]]:
+    """Malformed /classify requests as httpx keyword arguments, by name: the bad images, and broken multipart."""
+    bad = bad_images(jpeg, max_bytes)
+    return [(name, {"files": {"file": (file, data, ctype)}}) for name, file, data, ctype in bad] + [
         ("wrong field", {"files": {"image": ("x.jpg", jpeg, "image/jpeg")}}),
         ("empty body", {"content": b""}),
         ("random bytes", {"content": bytes(range(256)) * 4, "headers": {"content-type": "multipart/form-data"}}),
-        ("over the byte limit", {"files": {"file": ("x.jpg", b"\xff" * (max_bytes + 1), "image/jpeg")}}),
     ]
 
 
@@ -196,19 +203,8 @@ def regression(candidate: float | None, production: tuple[str, float] | None, ma
 
 
 def raw_bad_requests(jpeg: bytes, max_bytes: int) -> list[tuple[str, dict[str, Any]]]:
-    """Malformed `/invocations` bodies (SageMaker's contract: the image bytes themselves) as httpx arguments."""
-    gif = io.BytesIO()
-    from PIL import Image
-
-    Image.new("RGB", (32, 32)).save(gif, format="GIF")
-    return [
-        ("raw: not an image", {"content": b"hello, not an image"}),
-        ("raw: truncated jpeg", {"content": jpeg[: len(jpeg) // 3]}),
-        ("raw: empty body", {"content": b""}),
-        ("raw: huge declared dimensions", {"content": png_header(100_000, 100_000)}),
-        ("raw: unsupported format", {"content": gif.getvalue()}),
-        ("raw: over the byte limit", {"content": b"\xff" * (max_bytes + 1)}),
-    ]
+    """The bad images as `/invocations` bodies (SageMaker's contract: the image bytes themselves), by name."""
+    return [(f"raw: {name}", {"content": data}) for name, _, data, _ in bad_images(jpeg, max_bytes)]
 
 
 class Transport(Protocol):
@@ -264,7 +260,7 @@ class EndpointTransport:
     def health(self, release_id: str) -> Check:
         """InService, and its endpoint config's model is the release's."""
         info = self.endpoints.describe(self.name) or {}
-        serving = self.endpoints.serving(self.name) if info else ""
+        serving = self.endpoints.serving(info)
         status = info.get("EndpointStatus", "missing")
         return Check("health", status == "InService" and serving == release_id, f"{status}, serves {serving or '-'}")
 

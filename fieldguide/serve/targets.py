@@ -148,7 +148,7 @@ class SageMakerTarget:
         """The staging endpoint is InService with the release's model."""
         name = self.endpoints.staging_name(release.id)
         info = self.endpoints.describe(name)
-        return bool(info) and info["EndpointStatus"] == "InService" and self.endpoints.serving(name) == release.id
+        return bool(info) and info["EndpointStatus"] == "InService" and self.endpoints.serving(info) == release.id
 
     def stop_staging(self, release_id: str) -> None:
         """Delete the candidate's staging endpoint and stop the local staging server (each tried on its own).
