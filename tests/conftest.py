@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import pytest
@@ -19,6 +21,34 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="fieldguide-tests-"))
+# What boto3 needs to talk to moto's server (any key works; never real credentials).
+MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's server (S3, SageMaker, ECR, IAM, CloudWatch … over HTTP) on a free loopback port; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    from fieldguide.ports import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def moto_client(service: str, url: str, region: str = "us-east-1") -> Any:
+    """A boto3 client of `service` talking to moto's server at `url`."""
+    import boto3
+
+    key, secret = MOTO_CREDENTIALS.values()
+    return boto3.client(
+        service, endpoint_url=url, region_name=region, aws_access_key_id=key, aws_secret_access_key=secret
+    )
 
 
 def state_env(home: Path) -> dict[str, str]:

@@ -1,48 +1,23 @@
 """S3 catalogs against a real S3-compatible HTTP server (moto's server mode) on loopback."""
 
 import json
-import socket
 
 import pytest
 
-from tests.conftest import run_cli
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import MOTO_CREDENTIALS, moto_client, moto_server, run_cli
 
 
 @pytest.fixture(scope="module")
 def s3(demo_catalog):
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    client.create_bucket(Bucket="plants")
-    root = demo_catalog.parent
-    for path in root.rglob("*"):
-        if path.is_file():
-            client.upload_file(str(path), "plants", f"cat/{path.relative_to(root).as_posix()}")
-    yield env
-    server.stop()
+    with moto_server() as url:
+        env = {"AWS_ENDPOINT_URL": url, **MOTO_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+        client = moto_client("s3", url)
+        client.create_bucket(Bucket="plants")
+        root = demo_catalog.parent
+        for path in root.rglob("*"):
+            if path.is_file():
+                client.upload_file(str(path), "plants", f"cat/{path.relative_to(root).as_posix()}")
+        yield env
 
 
 def test_s3_csv_catalog_matches_local(s3, demo_catalog):

@@ -11,15 +11,13 @@ of the same release (or one species for everything), in the order the staging ch
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 from botocore.stub import ANY, Stubber
 
-from fieldguide.ports import free_port
-from tests.conftest import ROOT, deploy_config
+from tests.conftest import MOTO_CREDENTIALS, ROOT, deploy_config, moto_client, moto_server
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -49,12 +47,10 @@ class Aws:
     """moto's server, the clients the SageMaker target uses, and what the tests feed and observe."""
 
     def __init__(self, url: str) -> None:
-        import boto3
-
         from fieldguide.serve.endpoints import Clients
 
         def client(name: str):
-            return boto3.client(name, region_name=REGION, endpoint_url=url)
+            return moto_client(name, url, REGION)
 
         self.url = url
         self.moto = client("sagemaker")  # plain: what the tests read and what applies an update's effect
@@ -97,35 +93,21 @@ class Aws:
 
 @pytest.fixture(scope="module")
 def aws():
-    from moto.server import ThreadedMotoServer
-
     from fieldguide.serve import endpoints
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    state = Aws(f"http://127.0.0.1:{port}")
-    state.clients.ecr.create_repository(repositoryName="fieldguide")
-    with pytest.MonkeyPatch.context() as mp:
+    with moto_server() as url, pytest.MonkeyPatch.context() as mp:
+        for key, value in {**MOTO_CREDENTIALS, "AWS_DEFAULT_REGION": REGION}.items():
+            mp.setenv(key, value)
+        state = Aws(url)
+        state.clients.ecr.create_repository(repositoryName="fieldguide")
         mp.setattr(endpoints.Clients, "of", classmethod(lambda cls, settings: state.clients))
         yield state
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
 def config(aws, tmp_path_factory) -> Path:
     """A deploy config on free ports whose target is SageMaker, with a role made in moto's IAM."""
-    import boto3
-
-    iam = boto3.client("iam", region_name=REGION, endpoint_url=aws.url)
+    iam = moto_client("iam", aws.url, REGION)
     trust = {"Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "*"}]}
     role = iam.create_role(RoleName="fieldguide-sagemaker", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
     path = deploy_config(tmp_path_factory.mktemp("sagemaker") / "deploy.yaml")

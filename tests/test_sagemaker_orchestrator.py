@@ -17,13 +17,12 @@ import pytest
 import yaml
 
 from fieldguide.ports import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, moto_client, moto_server
 
 ACCOUNT, REGION, BUCKET = "123456789012", "eu-west-1", "fieldguide-test"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/fieldguide-sagemaker"
 REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
 IMAGE = f"{REGISTRY}/fieldguide:test"
-CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}
 
 pytestmark = pytest.mark.slow
 
@@ -35,19 +34,10 @@ def clean_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=url, **CREDENTIALS).create_bucket(
-        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
-    )
-    yield url
-    server.stop()
+    with moto_server() as url:
+        s3 = moto_client("s3", url, REGION)
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +78,6 @@ def zenml_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def submitted(moto_url, zenml_server, tmp_path_factory):
     """Run tests/sagemaker_submit.py; return (its RESULT, moto's SageMaker and S3 clients)."""
-    import boto3
-
     home = tmp_path_factory.mktemp("client")
     (home / "no-repo").mkdir()
     sagemaker_config = home / "sagemaker.yaml"  # the SDK otherwise sends telemetry to an AWS S3 endpoint
@@ -129,7 +117,7 @@ def submitted(moto_url, zenml_server, tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    clients = {name: boto3.client(name, endpoint_url=moto_url, **CREDENTIALS) for name in ("sagemaker", "s3")}
+    clients = {name: moto_client(name, moto_url, REGION) for name in ("sagemaker", "s3")}
     return result, clients
 
 

@@ -88,22 +88,22 @@ def test_mlflow_has_per_epoch_curves(child_run):
 def s3_stack():
     """A stack whose artifact store is S3 on moto's server (the SageMaker stack's kind of store), with the local
     orchestrator: registered in the session's store, used by a subprocess through ZENML_ACTIVE_STACK_ID only."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import moto_client, moto_server
+
+    with moto_server() as url:
+        s3 = moto_client("s3", url)
+        s3.create_bucket(Bucket="fieldguide-ckpt")
+        yield s3_test_stack(url), s3
+
+
+def s3_test_stack(url: str) -> dict[str, str]:
+    """Register the S3 test stack; the environment that makes a subprocess use it (and reach moto)."""
     from zenml.client import Client
 
-    from fieldguide.ports import free_port
     from stacks import register_stack
+    from tests.conftest import MOTO_CREDENTIALS
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    s3 = boto3.client(
-        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
-    s3.create_bucket(Bucket="fieldguide-ckpt")
     spec = {
         "name": "fieldguide-s3-test",
         "components": {
@@ -117,9 +117,8 @@ def s3_stack():
         },
     }
     stack_id = str(Client().get_stack(register_stack(spec)).id)
-    env = {**creds, "AWS_ENDPOINT_URL": url, "ZENML_ACTIVE_STACK_ID": stack_id}
-    yield env, s3
-    server.stop()
+    aws = {**MOTO_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}
+    return {**aws, "ZENML_ACTIVE_STACK_ID": stack_id}
 
 
 def _checkpoints(s3) -> list[str]:
