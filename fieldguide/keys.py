@@ -12,6 +12,8 @@ from typing import Any, Literal
 from fieldguide.errors import FieldguideError
 
 Kind = Literal["router", "child", "flat"]
+# The JSON metadata beside every exported model's weights (fieldguide.train.models.ModelMeta).
+MODEL_META = "model.json"
 CHILD_PREFIX = "child-"
 # How model names are spelt, for help texts and errors.
 NAMES_HELP = f"router, {CHILD_PREFIX}<group>, flat"

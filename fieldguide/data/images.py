@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -108,3 +110,101 @@ def encode_jpeg(img: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality, optimize=False)
     return buf.getvalue()
+
+
+# timm's interpolation names → Pillow's filters (timm.data.transforms.str_to_interp_mode, applied by torchvision).
+_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """A model's evaluation preprocessing in Pillow + numpy: the one path of evaluation, validation and serving.
+
+    It computes what timm's `create_transform(**data_config, is_training=False)` computes (torchvision's Resize of
+    the shorter side to ⌊size / crop_pct⌋, CenterCrop, ToTensor, Normalize) without importing torch, so the HTTP
+    front can run it; tests/test_preprocess.py holds the two to `allclose(atol=1e-6)`.
+    """
+
+    size: tuple[int, int]  # (height, width) the model takes
+    scale: tuple[int, int]  # the resize before the crop: ⌊size / crop_pct⌋ per side
+    squash: bool  # crop_mode "squash": both sides resized to `scale` (aspect ratio not kept)
+    resample: Image.Resampling  # the data config's interpolation
+    mean: np.ndarray  # (3, 1, 1) float32, per-channel mean of the 0..1 pixels
+    std: np.ndarray  # (3, 1, 1) float32
+
+    @classmethod
+    def of(cls, data_config: dict[str, Any]) -> EvalTransform:
+        """The transform of a timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode).
+
+        Raises:
+            ValueError: a crop mode or interpolation this transform does not reproduce.
+        """
+        _, height, width = data_config["input_size"]
+        crop_pct = data_config.get("crop_pct") or 0.875
+        mode = data_config.get("crop_mode") or "center"
+        interpolation = data_config.get("interpolation", "bilinear")
+        if mode not in ("center", "squash") or (mode == "center" and height != width) or crop_pct > 1:
+            raise ValueError(
+                f"crop_mode {mode!r} at {height}x{width}, crop_pct {crop_pct} is not supported "
+                "(square 'center' or 'squash', crop_pct ≤ 1)"
+            )
+        if interpolation not in _FILTERS:
+            raise ValueError(f"interpolation {interpolation!r} is not supported ({', '.join(_FILTERS)})")
+        channel = lambda v: np.asarray(v, np.float32).reshape(3, 1, 1)  # noqa: E731
+        return cls(
+            size=(height, width),
+            scale=(math.floor(height / crop_pct), math.floor(width / crop_pct)),
+            squash=mode == "squash",
+            resample=_FILTERS[interpolation],
+            mean=channel(data_config["mean"]),
+            std=channel(data_config["std"]),
+        )
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        """An RGB image → the model's (3, H, W) float32 input."""
+        img = self.resize(img)
+        w, h = img.size
+        top, left = int(round((h - self.size[0]) / 2.0)), int(round((w - self.size[1]) / 2.0))
+        img = img.crop((left, top, left + self.size[1], top + self.size[0]))
+        x = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+        return (x - self.mean) / self.std
+
+    def resize(self, img: Image.Image) -> Image.Image:
+        """Torchvision's Resize: the shorter side to `scale` (int of the scaled longer side), or both when squashing."""
+        w, h = img.size
+        if self.squash:
+            new = (self.scale[1], self.scale[0])
+        else:
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = self.scale[0], int(self.scale[0] * long / short)
+            new = (new_short, new_long) if w <= h else (new_long, new_short)
+        return img if new == (w, h) else img.resize(new, self.resample)
+
+
+IMAGE_FEATURES = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b", "width", "height", "aspect")
+
+
+def image_stats(img: Image.Image) -> dict[str, float]:
+    """Per-image features for drift monitoring: brightness, contrast, sharpness (Laplacian variance), colour, size."""
+    rgb = np.asarray(img, dtype=np.float32) / 255.0
+    gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    lap = 4 * gray[1:-1, 1:-1] - gray[:-2, 1:-1] - gray[2:, 1:-1] - gray[1:-1, :-2] - gray[1:-1, 2:]
+    means = rgb.reshape(-1, 3).mean(0)
+    return {
+        "brightness": float(gray.mean()),
+        "contrast": float(gray.std()),
+        "sharpness": float(lap.var()) if lap.size else 0.0,
+        "mean_r": float(means[0]),
+        "mean_g": float(means[1]),
+        "mean_b": float(means[2]),
+        "width": float(img.width),
+        "height": float(img.height),
+        "aspect": img.width / max(img.height, 1),
+    }

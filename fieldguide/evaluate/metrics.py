@@ -11,34 +11,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm import tqdm
 
+from fieldguide.data.images import IMAGE_FEATURES, image_stats
 from fieldguide.data.loader import ShardDataset
 from fieldguide.data.shards import ShardSet, View
 from fieldguide.train.models import ModelBundle, eval_device, eval_transform
-
-IMAGE_FEATURES = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b", "width", "height", "aspect")
-
-
-def image_stats(img: Image.Image) -> dict[str, float]:
-    """Per-image features for drift monitoring: brightness, contrast, sharpness (Laplacian variance), colour, size."""
-    rgb = np.asarray(img, dtype=np.float32) / 255.0
-    gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    lap = 4 * gray[1:-1, 1:-1] - gray[:-2, 1:-1] - gray[2:, 1:-1] - gray[1:-1, :-2] - gray[1:-1, 2:]
-    means = rgb.reshape(-1, 3).mean(0)
-    return {
-        "brightness": float(gray.mean()),
-        "contrast": float(gray.std()),
-        "sharpness": float(lap.var()) if lap.size else 0.0,
-        "mean_r": float(means[0]),
-        "mean_g": float(means[1]),
-        "mean_b": float(means[2]),
-        "width": float(img.width),
-        "height": float(img.height),
-        "aspect": img.width / max(img.height, 1),
-    }
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from fieldguide.evaluate.metrics import IMAGE_FEATURES
+from fieldguide.data.images import IMAGE_FEATURES
 from fieldguide.monitor.config import Thresholds
 from fieldguide.monitor.window import CONFIDENCE, PREDICTED, model_embedding
 

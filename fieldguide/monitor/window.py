@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fieldguide.data.images import IMAGE_FEATURES
 from fieldguide.errors import FieldguideError
-from fieldguide.evaluate.metrics import IMAGE_FEATURES
 from fieldguide.monitor.capture import FEEDBACK, PREDICTIONS, read_records
 from fieldguide.monitor.reference import ROUTER, Reference, embedding_columns
 

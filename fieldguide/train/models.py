@@ -10,12 +10,15 @@ from typing import Any
 import safetensors.torch
 import timm
 import torch
+from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
+from fieldguide.data.images import EvalTransform
 from fieldguide.errors import FieldguideError
+from fieldguide.keys import MODEL_META
 
 WEIGHTS = "model.safetensors"
-META = "model.json"
+META = MODEL_META
 
 
 @dataclass
@@ -105,9 +108,20 @@ def train_transform(data_config: dict[str, Any], scale_min: float = 0.5, color_j
     )
 
 
-def eval_transform(data_config: dict[str, Any]) -> Any:
-    """Timm evaluation transform (resize, centre crop, normalise): shared by evaluation and serving."""
-    return create_transform(**_tuples(data_config), is_training=False)
+@dataclass(frozen=True)
+class TensorTransform:
+    """fieldguide.data.images.EvalTransform with a torch tensor out (for data loaders and in-process forwards)."""
+
+    transform: EvalTransform  # the one evaluation preprocessing, shared with the torch-free HTTP front
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """An RGB image → the model's (3, H, W) input tensor."""
+        return torch.from_numpy(self.transform(img))
+
+
+def eval_transform(data_config: dict[str, Any]) -> TensorTransform:
+    """The evaluation transform (timm's: resize, centre crop, normalise) of evaluation, validation and serving."""
+    return TensorTransform(EvalTransform.of(_tuples(data_config)))
 
 
 def _tuples(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import pandas as pd
 from zenml import step
 from zenml.types import HTMLString
 
-from fieldguide.evaluate.metrics import IMAGE_FEATURES
+from fieldguide.data.images import IMAGE_FEATURES
 from steps.tracking import log_bytes
 
 # Classification metrics of Evidently that hold up when the test split lacks a class.
