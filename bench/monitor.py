@@ -42,7 +42,7 @@ def latest_release() -> Path:
 
 def window_entries(predictor, stored: dict, photos: list, batch: int = 64) -> list[dict]:
     """Log entries of photos answered in process, exactly as the server logs them."""
-    import torch
+    import numpy as np
 
     from fieldguide.monitor.capture import log_entry
 
@@ -50,7 +50,7 @@ def window_entries(predictor, stored: dict, photos: list, batch: int = 64) -> li
     for start in range(0, len(photos), batch):
         chunk = photos[start : start + batch]
         images = [predictor.open(p.data) for p in chunk]
-        rows = predictor.forward(torch.stack([predictor.preprocess(img) for img in images]))
+        rows = predictor.forward(np.stack([predictor.preprocess(img) for img in images]))
         for i, (photo, img, row) in enumerate(zip(chunk, images, rows, strict=True)):
             result = {**predictor.describe(row), "request_id": f"bench-{start + i}"}
             entries.append(log_entry(predictor, stored, result, row, img, photo.data))
@@ -118,11 +118,11 @@ def throughput(seconds: float, clients: int, size: int) -> tuple[float, float]:
     from fieldguide.monitor.config import CaptureConfig
     from fieldguide.monitor.traffic import release_taxonomy, traffic_photos
     from fieldguide.ports import free_port
-    from fieldguide.serve.predictor import TwoStagePredictor
+    from fieldguide.serve.front import ReleaseView
     from fieldguide.serve.servers import start_bento, stop
 
     folder = latest_release()
-    predictor = TwoStagePredictor(folder, load_models=False)
+    predictor = ReleaseView(folder)
     images = [p.data for p in traffic_photos(release_taxonomy(folder), 64, 4242, size)]
     scratch = Path(tempfile.mkdtemp(prefix="fieldguide-bench-monitor-"))
     rates: dict[bool, list[float]] = {True: [], False: []}

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fieldguide.serve.predictor import BadRequest, TwoStagePredictor, write_release
+from fieldguide.serve.front import BadRequest
+from fieldguide.serve.predictor import TwoStagePredictor, write_release
 from fieldguide.serve.release import Release, ServingConfig
 from fieldguide.serve.staging import png_header
 from fieldguide.train.models import ModelBundle, ModelMeta, create_model

@@ -2,12 +2,12 @@
 
 Layout of a monitoring folder (`<FIELDGUIDE_HOME>/monitor/production`; staging has its own):
 
-    servers/<release>-<port>/predictions/data/data.0.log[.N]   BentoML monitor JSON lines, rotated by size
-    servers/<release>-<port>/feedback/data/data.0.log[.N]
-    hold/<request id>.<ext>                                    photos held for feedback_hold_s, then deleted
-    samples/<sha[:2]>/<sha256>.<ext> (+ .json)                 sampled photos: content-addressed, capped
+    servers/<release>-<port>-w<front worker>/predictions/data/data.0.log[.N]   BentoML monitor JSON lines, by size
+    servers/<release>-<port>-w<front worker>/feedback/data/data.0.log[.N]
+    hold/<request id>.<ext>                       photos held for feedback_hold_s, then deleted
+    samples/<sha[:2]>/<sha256>.<ext> (+ .json)    sampled photos: content-addressed, capped
 
-Each server writes only its own log files (a rotating handler must have one writer); readers glob them all.
+Each front process writes only its own log files (a rotating handler must have one writer); readers glob them all.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def as_stored(img: Image.Image, store_size: int, jpeg_quality: int) -> Image.Ima
 
 def observed_features(img: Image.Image, store_size: int, jpeg_quality: int) -> dict[str, float]:
     """The drift features of an upload, measured exactly as on the release's reference images."""
-    from fieldguide.evaluate.metrics import image_stats
+    from fieldguide.data.images import image_stats
 
     return image_stats(as_stored(img, store_size, jpeg_quality))
 
@@ -543,7 +543,7 @@ def log_entry(
     answers with their confidences, the top-k species and the latency.
 
     Args:
-        predictor: the release's TwoStagePredictor.
+        predictor: the release's fieldguide.serve.front.ReleaseView.
         stored: how the release's reference images were stored (store_size, jpeg_quality).
         result: the JSON answer (request_id, species, latency_ms).
         row: the forward row of the answer.
@@ -552,7 +552,7 @@ def log_entry(
     """
     import hashlib
 
-    from fieldguide.monitor.reference import observation
+    from fieldguide.monitor.projections import observation
 
     p_group, p_species, router_emb, child_emb = predictor.split(row)
     return {

@@ -61,10 +61,9 @@ def demo_species(taxonomy: dict[str, list[str]]) -> dict[str, list[Species]]:
 
 def release_taxonomy(release_folder: Any) -> dict[str, list[str]]:
     """A stored release's groups and their species (group → species), read without loading its models."""
-    from fieldguide.serve.predictor import TwoStagePredictor
+    from fieldguide.serve.front import ReleaseView
 
-    p = TwoStagePredictor(release_folder, load_models=False)
-    return {p.groups[g]: [p.species[i] for i in ids] for g, ids in p.species_of.items()}
+    return ReleaseView(release_folder).taxonomy()
 
 
 def shifted(img: Image.Image, shift: str, rng: np.random.Generator) -> Image.Image:
