@@ -2,7 +2,9 @@
 
 `bentoml serve bentos.service:Classifier` serves the newest `fieldguide-release` in the BentoML model store;
 a bento built by the deploy pipeline pins its release (FIELDGUIDE_RELEASE=fieldguide-release:<id> at build time).
-Preprocessing and the two-stage forward are fieldguide's own (fieldguide.serve.predictor), as in evaluation.
+Two BentoML services, each in its own worker process: the HTTP front (`Classifier`) validates, decodes and
+preprocesses uploads with fieldguide.serve.front (Pillow + numpy, the function evaluation uses; the front never
+imports torch), and the model service (`TwoStageModel`, fieldguide.serve.predictor) runs the batched forward.
 
 HTTP: `POST /classify` is a BentoML API (multipart field `file`; `bentoml.SyncHTTPClient(url).classify(file=...)`
 calls it; its Swagger page is BentoML's `/`), `POST /feedback` (`{request_id, species}` or `{request_id, wrong:
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import logging
 import os
@@ -35,10 +38,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from fieldguide.serve.edge import RAW_UPLOADS, REQUEST_ID, UPLOADS, WARM_UP, UploadEdge
+from fieldguide.serve.release import MAX_BATCH_SIZE
 
 RELEASE = bentoml.models.BentoModel(os.environ.get("FIELDGUIDE_RELEASE", "fieldguide-release:latest"))
 # The batcher's latency budget (the release's serving.max_latency_ms, passed by the server starter).
 MAX_LATENCY_MS = int(os.environ.get("FIELDGUIDE_MAX_LATENCY_MS", "1000"))
+# HTTP front processes (the release's serving.front_workers, passed by the server starter).
+FRONT_WORKERS = int(os.environ.get("FIELDGUIDE_FRONT_WORKERS", "2"))
 FORWARD_ATTEMPTS = 3
 
 # Only GET /release; BentoML's own OpenAPI page (at /) documents /classify.
@@ -46,18 +52,32 @@ http = FastAPI(title="fieldguide release info", docs_url=None, redoc_url=None, o
 logger = logging.getLogger("fieldguide.service")
 
 
-@bentoml.service(name="fieldguide-model", workers=1, traffic={"timeout": 60})
+@bentoml.service(
+    name="fieldguide-model",
+    workers=1,
+    traffic={"timeout": 60},
+    # The front→model hop is internal: no access log line, request metrics or trace span per call (the profile in
+    # bench/serve.py showed them costing a fifth of this worker's CPU per request). The front keeps all three.
+    logging={"access": {"enabled": False}},
+    metrics={"enabled": False},
+    tracing={"excluded_urls": ["/forward_batched", "/forward_single"]},
+)
 class TwoStageModel:
     """The models: router and children in memory, forwards batched across concurrent requests."""
 
     release = RELEASE
 
     def __init__(self) -> None:
+        import torch
+
         from fieldguide.serve.predictor import TwoStagePredictor
 
         self.predictor = TwoStagePredictor(Path(self.release.path))
+        if self.predictor.config.model_threads:
+            torch.set_num_threads(self.predictor.config.model_threads)
+        gc.freeze()  # startup's objects (torch, timm, the models) out of the collector's full passes: shorter pauses
 
-    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=MAX_LATENCY_MS)
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def forward_batched(self, x: np.ndarray) -> np.ndarray:
         """Adaptive batching: rows of concurrent requests share one forward."""
         return self.predictor.forward(x)
@@ -92,7 +112,7 @@ def upload_limit() -> int:
 
 
 @bentoml.asgi_app(http, path="/")
-@bentoml.service(name="fieldguide", workers=1, traffic={"timeout": 60, "max_concurrency": 128})
+@bentoml.service(name="fieldguide", workers=FRONT_WORKERS, traffic={"timeout": 60, "max_concurrency": 128})
 class Classifier:
     """HTTP front: validation and preprocessing per request, then the batched two-stage forward."""
 
@@ -100,12 +120,13 @@ class Classifier:
     model = bentoml.depends(TwoStageModel)
 
     def __init__(self) -> None:
-        from fieldguide.serve.predictor import TwoStagePredictor
+        from fieldguide.serve.front import ReleaseView
 
-        # Release metadata and the transform only; the weights live in the model service.
-        self.predictor = TwoStagePredictor(Path(self.release.path), load_models=False)
-        SERVED["max_bytes"] = self.predictor.config.max_bytes
+        # Release metadata and the transform only (no torch in this process); the weights live in the model service.
+        self.view = ReleaseView(Path(self.release.path))
+        SERVED["max_bytes"] = self.view.config.max_bytes
         self.capture = self._capture()
+        gc.freeze()  # startup's objects (BentoML, pydantic, the release) out of the collector's full passes
 
     def _capture(self) -> Any:
         """The recorder of this server: its folder, name and settings come from fieldguide's server starter.
@@ -116,14 +137,16 @@ class Classifier:
 
         from fieldguide.monitor.capture import CAPTURE_VAR, MONITOR_DIR_VAR, SERVER_VAR, Capture
         from fieldguide.monitor.config import CaptureConfig
-        from fieldguide.monitor.reference import META, REFERENCE_DIR
+        from fieldguide.monitor.projections import META, REFERENCE_DIR
         from fieldguide.monitor.traffic import release_taxonomy
         from fieldguide.serve.servers import release_folder
 
         managed = os.environ.get(MONITOR_DIR_VAR)
         folder = Path(managed or Path(os.environ.get("FIELDGUIDE_HOME", ".fieldguide")) / "monitor" / "unmanaged")
         cfg = CaptureConfig(**json.loads(os.environ.get(CAPTURE_VAR) or "{}")) if managed else CaptureConfig(False)
-        server = os.environ.get(SERVER_VAR) or f"{self.predictor.release.id}-{os.getpid()}"
+        # One log per front process: several write the same folder, never the same file.
+        name = os.environ.get(SERVER_VAR) or f"{self.view.release.id}-{os.getpid()}"
+        server = f"{name}-w{bentoml.server_context.worker_index or 1}"
         meta_file = Path(self.release.path) / REFERENCE_DIR / META
         # A release assembled before monitoring has no reference: its answers are logged without embeddings.
         self.stored = (
@@ -133,7 +156,7 @@ class Classifier:
         @functools.lru_cache(maxsize=16)
         def taxonomy(release_id: str) -> dict[str, str]:
             try:
-                found = release_folder(release_id) if release_id != self.predictor.release.id else None
+                found = release_folder(release_id) if release_id != self.view.release.id else None
             except Exception:  # noqa: BLE001 - an answering release no longer stored: this release's taxonomy
                 found = None
             groups = release_taxonomy(found or Path(self.release.path))
@@ -156,8 +179,8 @@ class Classifier:
         from fieldguide.serve.release import read_stage
 
         folder = os.environ.get("FIELDGUIDE_SERVING_DIR")
-        stage = read_stage(Path(folder) if folder else None, self.predictor.release.id) or "staging"
-        return {**asdict(self.predictor.release), "status": stage}
+        stage = read_stage(Path(folder) if folder else None, self.view.release.id) or "staging"
+        return {**asdict(self.view.release), "status": stage}
 
     @bentoml.api(route="/classify")
     async def classify(self, file: Path, ctx: bentoml.Context) -> dict[str, Any]:
@@ -193,24 +216,23 @@ class Classifier:
         """SageMaker's health check: 200 once the model service answers, else 503."""
         is_ready = getattr(self.model, "is_ready", None)
         ready = await is_ready(5) if is_ready is not None else True
-        body = {"status": "healthy" if ready else "starting", "release": self.predictor.release.id}
+        body = {"status": "healthy" if ready else "starting", "release": self.view.release.id}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def _answer(self, data: bytes, headers: Any) -> tuple[int, dict[str, Any], int]:
         """(status, JSON body, Retry-After seconds) for one uploaded image: decode, preprocess, forward, record."""
         import aiohttp
 
-        from fieldguide.serve.predictor import BadRequest
+        from fieldguide.serve.front import BadRequest
 
         start = time.perf_counter()
         rid = headers.get(REQUEST_ID, "")
         try:
-            img = await asyncio.to_thread(self.predictor.open, data)
-            x = await asyncio.to_thread(self.predictor.preprocess, img)
+            img, x = await asyncio.to_thread(self._decode, data)
         except BadRequest as exc:
             return exc.status, {**exc.body(), "request_id": rid}, 0
         try:
-            rows = await self._forward(x.numpy()[None])
+            rows = await self._forward(x[None])
         except bentoml.exceptions.BentoMLException as exc:
             if exc.error_code.value == 503:  # the batcher shed this request: retrying later will work
                 body = {"error": "the model service is overloaded; retry shortly", "reason": "overloaded"}
@@ -221,7 +243,7 @@ class Classifier:
             return 503, {**body, "request_id": rid}, 2
         except Exception as exc:  # noqa: BLE001 - any model-side failure is a 500 carrying the request id
             return failed(rid, exc)
-        result = {**self.predictor.describe(rows[0], (time.perf_counter() - start) * 1000), "request_id": rid}
+        result = {**self.view.describe(rows[0], (time.perf_counter() - start) * 1000), "request_id": rid}
         if headers.get(WARM_UP) or not self.capture.cfg.enabled:
             return 200, result, 0
         try:
@@ -230,11 +252,16 @@ class Classifier:
             logger.error("request %s: recording failed: %s: %s", rid, type(exc).__name__, exc, exc_info=exc)
         return 200, result, 0
 
+    def _decode(self, data: bytes) -> tuple[Any, np.ndarray]:
+        """The validated RGB image (recorded with the answer) and the model's input."""
+        img = self.view.open(data)
+        return img, self.view.preprocess(img)
+
     def _record(self, result: dict[str, Any], row: np.ndarray, img: Any, data: bytes) -> None:
         """One prediction-log entry (ids, versions, image hash and features, reduced embeddings, answer, latency)."""
         from fieldguide.monitor.capture import log_entry, photo_extension
 
-        self.capture.record(log_entry(self.predictor, self.stored, result, row, img, data), data, photo_extension(data))
+        self.capture.record(log_entry(self.view, self.stored, result, row, img, data), data, photo_extension(data))
 
     @http.post("/feedback")
     async def feedback(self, request: Request) -> JSONResponse:
@@ -255,11 +282,7 @@ class Classifier:
         """The model service's forward, retried when its keep-alive connection drops (the call is idempotent)."""
         import aiohttp
 
-        call = (
-            self.model.to_async.forward_batched
-            if self.predictor.config.batching
-            else self.model.to_async.forward_single
-        )
+        call = self.model.to_async.forward_batched if self.view.config.batching else self.model.to_async.forward_single
         for attempt in range(FORWARD_ATTEMPTS):
             try:
                 return await call(x)

@@ -421,6 +421,22 @@ def resident_mb(processes: list) -> float:
     return sum(p.memory_info().rss for p in processes) / 2**20
 
 
+def test_http_fronts_of_production_carry_no_torch(production, url, images):
+    """Issue 20, acceptance 3: the live HTTP front processes have no torch library mapped (the model worker has)."""
+    with httpx.Client(timeout=30) as client:
+        assert classify(client, url, images[0]).status_code == 200  # both services have served
+    workers = {}
+    for process in serving_processes()["service"]:
+        cmd = process.cmdline()
+        if "--service-name" in cmd:
+            workers.setdefault(cmd[cmd.index("--service-name") + 1], []).append(process)
+    torch_in = lambda p: any("libtorch" in m.path for m in p.memory_maps(grouped=True))  # noqa: E731
+    assert len(workers["fieldguide"]) == 2 and len(workers["fieldguide-model"]) == 1, workers
+    assert not [p.pid for p in workers["fieldguide"] if torch_in(p)]
+    assert torch_in(workers["fieldguide-model"][0])
+    assert all(p.memory_full_info().pss < 250 * 2**20 for p in workers["fieldguide"])
+
+
 def test_chunked_floods_are_refused_at_the_limit_without_buffering(production, configs, url, images):
     """Issue 14, acceptance 1: eight concurrent 512 MiB chunked uploads → 413 within 5 s, at most limit + 1 MiB read.
 

@@ -16,6 +16,8 @@ RELEASE_FILE = "release.json"
 # BentoML model holding a release folder (fieldguide-release:<release id>), and the bento serving it.
 RELEASE_MODEL = "fieldguide-release"
 BENTO_NAME = "fieldguide"
+# The most rows one batched forward of the model service takes (bentos/service.py; the serving bench's batch).
+MAX_BATCH_SIZE = 32
 
 
 @dataclass
@@ -38,6 +40,10 @@ class ServingConfig:
     max_latency_ms: int = 1000
     # Children kept in memory at once (least recently used evicted); 0 keeps every child loaded.
     max_children_in_memory: int = 0
+    # torch threads of the model worker: 1 stops OpenMP spinning against the HTTP front on a small machine (0: torch's).
+    model_threads: int = 1
+    # HTTP front processes (decode, preprocess, record): one is bound by its GIL well before the model service.
+    front_workers: int = 2
 
 
 @dataclass

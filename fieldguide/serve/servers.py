@@ -134,11 +134,13 @@ def start_bento(
         raise FieldguideError(f"port {port} is already in use; stop what runs there (`python run.py stop`)")
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{release_id}-{port}.log"
+    serving = serving_config(release_id)
     env = {
         **stores_env(),
         "FIELDGUIDE_RELEASE": f"{RELEASE_MODEL}:{release_id}",
         SERVING_DIR_VAR: str(log_dir.parent),
-        "FIELDGUIDE_MAX_LATENCY_MS": str(serving_config(release_id).max_latency_ms),
+        "FIELDGUIDE_MAX_LATENCY_MS": str(serving.max_latency_ms),
+        "FIELDGUIDE_FRONT_WORKERS": str(serving.front_workers),
         SERVER_VAR: f"{release_id}-{port}",
     }
     if capture is not None:
