@@ -1,36 +1,39 @@
-"""Serving: the BentoML two-stage service over HTTP vs the raw in-process two-stage forward, in one run.
+"""Serving: the BentoML two-stage service over HTTP vs the same release in process, in one run.
 
-One release, the same images. Raw: fieldguide.serve.predictor.TwoStagePredictor.classify per image in this process
-(decode, preprocess, router + children, answer), one after another. Served: `bentoml serve` of the same release
-on loopback, with adaptive batching on and then off (servers run one at a time, so they never share the two
-cores), loaded by an asyncio client at fixed request rates (open loop, latency counted from each request's
-scheduled time, at most --max-in-flight outstanding) and then at saturation (--clients concurrent clients).
+One release, the same demo JPEGs. In process (this process, nothing else running): decode + preprocess + the
+two-stage forward in batches of the service's max_batch_size (the most the models do on this machine), and one
+image at a time (the sequential figure). Served: `bentoml serve` of the release on loopback with the prediction
+log on, behind the production gateway (fieldguide.serve.gateway) as in production; --clients closed-loop clients
+saturate it through the gateway and then straight to the server, while the CPU time of every process (this load
+generator included) is counted per answered request: the profile of where a request's time goes. Then an open
+loop at --load x the gateway's saturated rate gives the tail latency (latency counted from each request's
+scheduled time). Every serving process's memory (proportional set size) is printed, and whether the HTTP front's
+process has torch loaded.
 
-Usage: python bench/serve.py [--release ID] [--rates 10,25,50] [--seconds 10] [--clients 16]
+Usage: python bench/serve.py [--release ID] [--clients 64] [--seconds 10] [--load 0.7]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import shutil
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import aiohttp  # noqa: E402
 import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 
 from fieldguide.ports import free_port  # noqa: E402
-from fieldguide.serve.predictor import RELEASE_FILE, TwoStagePredictor  # noqa: E402
-from fieldguide.serve.release import RELEASE_MODEL  # noqa: E402
-from fieldguide.serve.servers import Server, start_bento, stop  # noqa: E402
+from fieldguide.serve.release import MAX_BATCH_SIZE, RELEASE_MODEL  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -39,24 +42,53 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
 
 
-def raw(predictor: TwoStagePredictor, images: list[bytes], seconds: float) -> tuple[float, list[float]]:
-    """Requests/s and per-request latencies of the in-process path."""
+def in_process(folder: Path, images: list[bytes], seconds: float) -> tuple[float, float, float]:
+    """(batched img/s, sequential img/s, sequential p50 ms) of decode + preprocess + two-stage forward here."""
+    from fieldguide.serve.predictor import TwoStagePredictor
+
+    predictor = TwoStagePredictor(folder)
+    batches = [images[i : i + MAX_BATCH_SIZE] for i in range(0, len(images), MAX_BATCH_SIZE)]
+    predictor.forward(np.stack([predictor.decode(b) for b in batches[0]]))  # first calls: allocator, kernels
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for batch in batches:
+            predictor.forward(np.stack([predictor.decode(b) for b in batch]))
+            done += len(batch)
+    batched = done / (time.perf_counter() - start)
     times, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds:
         for jpeg in images:
             t0 = time.perf_counter()
             predictor.classify(jpeg)
             times.append((time.perf_counter() - t0) * 1000)
-    return len(times) / (time.perf_counter() - start), times
+    return batched, len(times) / (time.perf_counter() - start), percentile(times, 50)
 
 
-async def classify(client: httpx.AsyncClient, url: str, jpeg: bytes) -> bool:
-    """One POST /classify; True when it was answered 200."""
-    return await send(client, url, {"files": {"file": ("x.jpg", jpeg, "image/jpeg")}}) == 200
+def form(jpeg: bytes) -> aiohttp.FormData:
+    """The multipart body of one POST /classify."""
+    data = aiohttp.FormData()
+    data.add_field("file", jpeg, filename="x.jpg", content_type="image/jpeg")
+    return data
+
+
+async def post(session: aiohttp.ClientSession, url: str, jpeg: bytes) -> int:
+    """One POST /classify; its status (0 when the transport failed)."""
+    try:
+        async with session.post(url + "/classify", data=form(jpeg)) as response:
+            await response.read()
+            return response.status
+    except (TimeoutError, aiohttp.ClientError):
+        return 0
+
+
+def session(connections: int) -> aiohttp.ClientSession:
+    """The load generator's client (aiohttp: a lighter client than httpx, so it takes less of the shared CPU)."""
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
 
 
 async def send(client: httpx.AsyncClient, url: str, request: dict) -> int:
-    """One POST /classify with httpx keyword arguments; its status (0 when the transport failed)."""
+    """One POST /classify with httpx keyword arguments (any body, malformed ones too); its status (0: transport)."""
     try:
         return (await client.post(url + "/classify", **request)).status_code
     except httpx.HTTPError:
@@ -78,12 +110,12 @@ async def fixed_rate(
     limit = asyncio.Semaphore(bound)
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=bound)) as client:
+    async with session(bound) as client:
 
         async def one(i: int, scheduled: float) -> None:
             nonlocal errors
             async with limit:
-                status = await send(client, url, {"files": {"file": ("x.jpg", images[i % len(images)], "image/jpeg")}})
+                status = await post(client, url, images[i % len(images)])
             latency = (time.perf_counter() - scheduled) * 1000
             if outcomes is not None:
                 outcomes.append((scheduled, status, latency))
@@ -115,14 +147,14 @@ async def saturate(url: str, images: list[bytes], clients: int, seconds: float) 
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=clients)) as client:
+    async with session(clients) as client:
 
         async def worker(k: int) -> None:
             nonlocal errors
             i = k
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                if await classify(client, url, images[i % len(images)]):
+                if await post(client, url, images[i % len(images)]) == 200:
                     latencies.append((time.perf_counter() - t0) * 1000)
                 else:
                     errors += 1
@@ -133,56 +165,99 @@ async def saturate(url: str, images: list[bytes], clients: int, seconds: float) 
         elapsed = time.perf_counter() - start
     return {
         "throughput": len(latencies) / elapsed,
+        "answered": len(latencies),
         "p50": percentile(latencies, 50),
         "p95": percentile(latencies, 95),
         "errors": errors,
     }
 
 
-def variant(tag: str, batching: bool) -> str:
-    """The release under `tag`, stored again with adaptive batching switched on or off; return its tag."""
-    import bentoml
+@dataclass
+class Processes:
+    """The serving processes by role, and this load generator."""
 
-    source = bentoml.models.get(tag)
-    name = f"{RELEASE_MODEL}:{source.tag.version}-bench-{'batch' if batching else 'nobatch'}"
-    try:
-        bentoml.models.get(name)
-        return name
-    except bentoml.exceptions.NotFound:
-        pass
-    with bentoml.models.create(name, labels={"bench": "serve"}) as model:
-        shutil.copytree(source.path, model.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.yaml"))
-        release_file = Path(model.path) / RELEASE_FILE
-        data = json.loads(release_file.read_text())
-        data["serving"]["batching"] = batching
-        release_file.write_text(json.dumps(data, indent=1))
-    return name
+    roles: dict[str, psutil.Process] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, gateway_pid: int, server_pid: int) -> Processes:
+        """The gateway, `bentoml serve`'s arbiter and its workers (front: `Classifier`, model: `TwoStageModel`)."""
+        roles = {"load generator (this bench)": psutil.Process(), "gateway": psutil.Process(gateway_pid)}
+        arbiter = psutil.Process(server_pid)
+        roles["bentoml arbiter"] = arbiter
+        names = {"fieldguide": "HTTP front", "fieldguide-model": "model worker"}  # bentos/service.py's services
+        for child in sorted(arbiter.children(recursive=True), key=lambda p: p.pid):
+            cmd = child.cmdline()
+            name = cmd[cmd.index("--service-name") + 1] if "--service-name" in cmd else "other"
+            role = names.get(name, name)
+            if role == "HTTP front":
+                role = f"HTTP front {sum(r.startswith('HTTP front') for r in roles) + 1}"
+            roles[role] = child
+        return cls(roles)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) of each role so far."""
+        return {role: sum(p.cpu_times()[:2]) for role, p in self.roles.items()}
+
+    def pss_mb(self) -> dict[str, float]:
+        """Proportional set size of each serving process (MB), the load generator left out."""
+        return {
+            role: p.memory_full_info().pss / 2**20
+            for role, p in self.roles.items()
+            if role != "load generator (this bench)"
+        }
+
+    def fronts_with_torch(self) -> list[str]:
+        """The HTTP front processes that have torch's library mapped (none may: the front imports no torch)."""
+        fronts = [(role, p) for role, p in self.roles.items() if role.startswith("HTTP front")]
+        return [role for role, p in fronts if any("libtorch" in m.path for m in p.memory_maps(grouped=True))]
 
 
-def serve(tag: str, log_dir: Path) -> Server:
-    """`bentoml serve bentos.service:Classifier` of one stored release on a free port."""
-    os.environ["FIELDGUIDE_RELEASE"] = tag
-    os.chdir(ROOT)
-    return start_bento("bentos.service:Classifier", tag.split(":")[1], free_port(), log_dir, 180)
+def profiled(url: str, images: list[bytes], clients: int, seconds: float, procs: Processes) -> dict:
+    """Saturate `url`, counting each process's CPU milliseconds per answered request meanwhile."""
+    before, t0 = procs.cpu(), time.perf_counter()
+    result = asyncio.run(saturate(url, images, clients, seconds))
+    wall, after = time.perf_counter() - t0, procs.cpu()
+    answered = max(result["answered"], 1)
+    result["cpu_ms"] = {role: (after[role] - before[role]) * 1000 / answered for role in before}
+    result["busy"] = sum(after[r] - before[r] for r in before) / wall  # cores kept busy (2.0: all of this machine)
+    return result
+
+
+def start_gateway(log_dir: Path, backend_url: str, release: str, max_body: int) -> tuple[subprocess.Popen, str]:
+    """The production gateway (a plain child process here) on a free port, pointed at `backend_url`."""
+    from fieldguide.serve.gateway import write_upstream
+    from fieldguide.serve.servers import wait_ready
+
+    upstream = log_dir / "upstream.json"
+    write_upstream(upstream, backend_url, release, max_body)
+    port = free_port()
+    cmd = [sys.executable, "-m", "fieldguide.serve.gateway", "--port", str(port), "--upstream-file", str(upstream)]
+    with (log_dir / "gateway.log").open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/_gateway", 30, proc)
+    return proc, url
 
 
 def main() -> None:
-    """Raw, then served with batching on and off; print the table and the served ÷ raw ratios."""
+    """In process, then served (gateway and direct, with the profile), then the tail latency; print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--release", default="", help="Release id (default: the newest stored release).")
     parser.add_argument("--images", default=str(ROOT / ".fieldguide/demo-catalog/images"))
-    parser.add_argument("--rates", default="10,25,50", help="Fixed request rates (requests/s).")
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=64, help="Closed-loop clients at saturation.")
+    parser.add_argument("--load", type=float, default=0.7, help="Share of the saturated rate for the latency run.")
+    parser.add_argument("--max-in-flight", type=int, default=256)
     args = parser.parse_args()
     from run import _configure_environment
 
     _configure_environment()
-    import logging
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request would load the client's core
     import bentoml
+
+    from fieldguide.monitor.config import CaptureConfig
+    from fieldguide.serve.edge import FRAMING
+    from fieldguide.serve.front import ReleaseView
+    from fieldguide.serve.servers import start_bento, stop
 
     if args.release:
         release = bentoml.models.get(f"{RELEASE_MODEL}:{args.release}")
@@ -195,34 +270,54 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no JPEGs under {args.images}: pass --images DIR (e.g. the demo catalog's images)")
     images = [f.read_bytes() for f in files]
-    predictor = TwoStagePredictor(Path(release.path))
-    raw_rate, raw_times = raw(predictor, images, args.seconds)
-    rows = [("raw in-process", "sequential", raw_rate, percentile(raw_times, 50), percentile(raw_times, 95), "", 0)]
-    print(f"release {release.tag.version}: {len(images)} images; raw {raw_rate:.1f} req/s", flush=True)
-    saturated = {}
+    folder, release_id = Path(release.path), release.tag.version
+    batched, sequential, seq_p50 = in_process(folder, images, args.seconds)
+    print(f"release {release_id}: {len(images)} images; in process {batched:.1f} img/s batched", flush=True)
+
     log_dir = Path(tempfile.mkdtemp(prefix="fieldguide-bench-serve-"))
-    for batching in (True, False):
-        server = serve(variant(str(release.tag), batching), log_dir)
-        mode = f"served, batching {'on' if batching else 'off'}"
-        try:
-            for rate in [float(r) for r in args.rates.split(",")]:
-                r = asyncio.run(fixed_rate(server.url, images, rate, args.seconds, args.max_in_flight))
-                rows.append(
-                    (mode, f"{rate:g} req/s", r["throughput"], r["p50"], r["p95"], f"{r['p99']:.1f}", r["errors"])
-                )
-                print(f"{mode} at {rate:g} req/s: {r}", flush=True)
-            s = asyncio.run(saturate(server.url, images, args.clients, args.seconds))
-            saturated[batching] = s["throughput"]
-            rows.append((mode, f"{args.clients} clients", s["throughput"], s["p50"], s["p95"], "", s["errors"]))
-        finally:
-            stop(server)
-    print(f"\n{'path':<26} {'load':<12} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'non-200':>8}")
-    for path, load, rate, p50, p95, p99, errors in rows:
-        print(f"{path:<26} {load:<12} {rate:7.1f} {p50:8.1f} {p95:8.1f} {p99:>8} {errors:>8}")
+    capture = (log_dir / "monitor", CaptureConfig())  # the prediction log on, as in production
+    server = start_bento("bentos.service:Classifier", release_id, free_port(), log_dir / "logs", 180, capture=capture)
+    gateway = None
+    try:
+        max_body = ReleaseView(folder).config.max_bytes + FRAMING
+        gateway, gateway_url = start_gateway(log_dir, server.url, release_id, max_body)
+        procs = Processes.of(gateway.pid, server.pid)
+        asyncio.run(saturate(gateway_url, images, args.clients, 3))  # warm up: batcher, first forwards
+        through = profiled(gateway_url, images, args.clients, args.seconds, procs)
+        direct = profiled(server.url, images, args.clients, args.seconds, procs)
+        rate = args.load * through["throughput"]
+        tail = asyncio.run(fixed_rate(gateway_url, images, rate, args.seconds, args.max_in_flight))
+        memory, torch_in_front = procs.pss_mb(), procs.fronts_with_torch()
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(10)
+        stop(server)
+
+    rows = [
+        (f"in process, batches of {MAX_BATCH_SIZE}", {"throughput": batched}),
+        (f"served via gateway, {args.clients} clients", through),
+        (f"served direct, {args.clients} clients", direct),
+        (f"via gateway, open loop at {rate:.0f} req/s", tail),
+        ("in process, one image at a time", {"throughput": sequential, "p50": seq_p50}),
+    ]
+    print(f"\n{'path':<44} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'non-200':>8}")
+    for name, r in rows:
+        cells = [f"{r[k]:8.1f}" if k in r else f"{'':>8}" for k in ("p50", "p95", "p99")]
+        print(f"{name:<44} {r['throughput']:7.1f} {' '.join(cells)} {r.get('errors', ''):>8}")
+    print(f"\nCPU ms per answered request at saturation (2 cores = {2000 / through['throughput']:.1f} ms via gateway)")
+    print(f"{'process':<30} {'via gateway':>12} {'direct':>8}")
+    for role in through["cpu_ms"]:
+        print(f"{role:<30} {through['cpu_ms'][role]:12.2f} {direct['cpu_ms'][role]:8.2f}")
+    print(f"{'cores busy':<30} {through['busy']:12.2f} {direct['busy']:8.2f}")
+    print("\nmemory (PSS, MB): " + ", ".join(f"{role} {mb:.0f}" for role, mb in memory.items()))
+    print(f"HTTP front processes with torch loaded: {', '.join(torch_in_front) or 'none'}")
     print(
-        f"\nsaturated served ÷ raw: batching on {saturated[True] / raw_rate:.2f}, off {saturated[False] / raw_rate:.2f}"
+        f"\nsaturated served ÷ in-process batched: via gateway {through['throughput'] / batched:.2f}, "
+        f"direct {direct['throughput'] / batched:.2f}"
     )
-    print(f"raw p50 latency {statistics.median(raw_times):.1f} ms per image (decode + preprocess + two-stage forward)")
+    print(f"sequential: served via gateway ÷ in process one at a time {through['throughput'] / sequential:.2f}")
+    print(f"p99 ÷ p50 at {args.load:.0%} of saturation via gateway: {tail['p99'] / tail['p50']:.2f}")
 
 
 if __name__ == "__main__":
