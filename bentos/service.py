@@ -61,6 +61,9 @@ logger = logging.getLogger("fieldguide.service")
     logging={"access": {"enabled": False}},
     metrics={"enabled": False},
     tracing={"excluded_urls": ["/forward_batched", "/forward_single"]},
+    # The fronts' client to this service keeps its session: BentoML's default replaces it every 100 calls and closes
+    # the old one under calls still on it (failed or hung forwards and "Unclosed client session" at 200 req/s).
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 86400.0},
 )
 class TwoStageModel:
     """The models: router and children in memory, forwards batched across concurrent requests."""
