@@ -35,6 +35,8 @@ import psutil  # noqa: E402
 from fieldguide.ports import free_port  # noqa: E402
 from fieldguide.serve.release import MAX_BATCH_SIZE, RELEASE_MODEL  # noqa: E402
 
+LOAD_GENERATOR = "load generator (this bench)"
+
 
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) by nearest rank."""
@@ -181,7 +183,7 @@ class Processes:
     @classmethod
     def of(cls, gateway_pid: int, server_pid: int) -> Processes:
         """The gateway, `bentoml serve`'s arbiter and its workers (front: `Classifier`, model: `TwoStageModel`)."""
-        roles = {"load generator (this bench)": psutil.Process(), "gateway": psutil.Process(gateway_pid)}
+        roles = {LOAD_GENERATOR: psutil.Process(), "gateway": psutil.Process(gateway_pid)}
         arbiter = psutil.Process(server_pid)
         roles["bentoml arbiter"] = arbiter
         names = {"fieldguide": "HTTP front", "fieldguide-model": "model worker"}  # bentos/service.py's services
@@ -200,11 +202,7 @@ class Processes:
 
     def pss_mb(self) -> dict[str, float]:
         """Proportional set size of each serving process (MB), the load generator left out."""
-        return {
-            role: p.memory_full_info().pss / 2**20
-            for role, p in self.roles.items()
-            if role != "load generator (this bench)"
-        }
+        return {role: p.memory_full_info().pss / 2**20 for role, p in self.roles.items() if role != LOAD_GENERATOR}
 
     def fronts_with_torch(self) -> list[str]:
         """The HTTP front processes that have torch's library mapped (none may: the front imports no torch)."""
