@@ -38,7 +38,12 @@ from fieldguide.serve.edge import tagging as tag_answers
 
 # The body limit when the upstream file does not name one (the release's upload limit plus framing does).
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
-HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
+# Not forwarded: hop-by-hop headers, the length (set from the spooled body), and `expect` (the body is already here).
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length", "expect"}
+# Set by the gateway itself, never taken from a client.
+OWN_HEADERS = HOP_HEADERS | {REQUEST_ID, WARM_UP}
+# An idle pooled connection is dropped before the upstream's uvicorn drops it (its keep-alive timeout is 5 s).
+KEEPALIVE_S = 4.0
 RETRY_AFTER = {"retry-after": "1"}
 
 
@@ -94,15 +99,16 @@ class Gateway:
         """The pooled upstream client (created in the server's event loop).
 
         aiohttp, not httpx: the profile in bench/serve.py showed httpx's connection pool costing more CPU per
-        forwarded request than the rest of the gateway together. Answers are relayed as received (no decompression)
-        and no header of the client's own is added.
+        forwarded request than the rest of the gateway together. Bodies are not decompressed, no header of the
+        client's own is added, and no cookie is kept (one client's cookies never reach another's requests).
         """
         if self._client is None:
             self._client = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256),
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=KEEPALIVE_S),
                 timeout=aiohttp.ClientTimeout(total=self.upstream_timeout_s),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._client
 
@@ -146,7 +152,7 @@ class Gateway:
             headers = [
                 (k.decode("latin-1"), v.decode("latin-1"))
                 for k, v in scope["headers"]
-                if k.decode("latin-1").lower() not in HOP_HEADERS | {REQUEST_ID, WARM_UP}
+                if k.decode("latin-1").lower() not in OWN_HEADERS
             ]
             headers.append((REQUEST_ID, rid))
             if body.size:
@@ -175,7 +181,7 @@ class Gateway:
                 return await self.client.request(
                     method, target, headers=headers, data=body.chunks() if body.size else None, allow_redirects=False
                 )
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientConnectionResetError) as exc:
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
                     raise
         raise AssertionError("unreachable")
