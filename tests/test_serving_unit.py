@@ -62,6 +62,33 @@ def test_two_stage_answer_shape_and_probabilities(release_dir):
     np.testing.assert_allclose(rows[0, len(GROUPS) :].sum(), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("route_k", [1, 2])
+def test_children_run_only_on_routed_rows_and_answer_as_every_child_on_every_row(release_dir, route_k):
+    """Issue 20: the routed forward equals the two-stage formula with every child run on the whole batch."""
+    from fieldguide.evaluate.metrics import forward_with_embedding
+    from fieldguide.evaluate.two_stage import combine
+
+    predictor = release_dir(route_k=route_k)
+    rng = np.random.default_rng(0)
+    x = np.stack(
+        [predictor.preprocess(Image.fromarray(rng.integers(0, 256, (40, 30, 3), np.uint8))) for _ in range(24)]
+    )
+    out = predictor.parts(x)
+    with torch.inference_mode():
+        logits, _ = forward_with_embedding(predictor.router.model, torch.from_numpy(x))
+        p_group = logits.softmax(1).numpy()
+        every = {
+            g: forward_with_embedding(predictor._child(name).model, torch.from_numpy(x))
+            for g, name in enumerate(predictor.groups)
+        }
+    p_child = {g: logits.softmax(1).numpy() for g, (logits, _) in every.items()}
+    expected = combine(p_group, p_child, predictor.species_of, len(predictor.species), route_k)
+    assert len(set(p_group.argmax(1))) > 1  # the batch really mixes groups
+    np.testing.assert_allclose(out.p_species, expected, rtol=0, atol=1e-5)
+    for i, g in enumerate(p_group.argmax(1)):  # the logged embedding is the top-1 group child's
+        np.testing.assert_allclose(out.child_pre[i], every[int(g)][1][i].numpy(), rtol=0, atol=1e-4)
+
+
 def test_children_lazy_loaded_under_an_lru_cap(release_dir):
     predictor = release_dir(route_k=1, max_children_in_memory=1)
     assert predictor.loaded_children() == []

@@ -13,6 +13,11 @@ from fieldguide.errors import FieldguideError
 from fieldguide.train.models import ModelBundle, eval_device, eval_transform
 
 
+def routes(p_group: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) each row's top-k groups, best first (ties to the lower group id, so every caller routes alike)."""
+    return np.argsort(-p_group, axis=1, kind="stable")[:, :k]
+
+
 def combine(
     p_group: np.ndarray, p_child: dict[int, np.ndarray], species_of: dict[int, list[int]], n_species: int, k: int
 ) -> np.ndarray:
@@ -26,7 +31,7 @@ def combine(
         k: groups kept per row (1 is plain routing).
     """
     out = np.zeros((p_group.shape[0], n_species), dtype=np.float64)
-    top = np.argsort(-p_group, axis=1)[:, :k]
+    top = routes(p_group, k)
     rows = np.arange(p_group.shape[0])
     for rank in range(top.shape[1]):
         groups = top[:, rank]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fieldguide.evaluate.metrics import forward_with_embedding
-from fieldguide.evaluate.two_stage import combine
+from fieldguide.evaluate.two_stage import combine, routes
 from fieldguide.keys import ModelKey
 from fieldguide.serve.front import ReleaseView
 from fieldguide.serve.release import RELEASE_FILE, RELEASE_MODEL, Release
@@ -104,7 +104,7 @@ class TwoStagePredictor(ReleaseView):
         logits, router_pre = forward_with_embedding(self.router.model, x)
         p_group = logits.softmax(1).numpy()
         k = min(self.config.route_k, len(self.groups))
-        routed = np.argsort(-p_group, axis=1)[:, :k]
+        routed = routes(p_group, k)
         p_child: dict[int, np.ndarray] = {}
         child_pre: dict[int, np.ndarray] = {}
         for g, species in self.species_of.items():
@@ -117,7 +117,7 @@ class TwoStagePredictor(ReleaseView):
             child_pre[g] = np.zeros((len(x), pre.shape[1]), np.float32)
             child_pre[g][rows] = pre.numpy()
         p_species = combine(p_group, p_child, self.species_of, len(self.species), k)
-        top = p_group.argmax(1)
+        top = routed[:, 0]
         return Forward(p_group, p_species, router_pre.numpy(), [child_pre[int(g)][i] for i, g in enumerate(top)])
 
     def forward(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
