@@ -34,6 +34,7 @@ import psutil  # noqa: E402
 
 from fieldguide.ports import free_port  # noqa: E402
 from fieldguide.serve.release import MAX_BATCH_SIZE, RELEASE_MODEL  # noqa: E402
+from fieldguide.serve.servers import service_workers, torch_loaded  # noqa: E402
 
 LOAD_GENERATOR = "load generator (this bench)"
 
@@ -184,16 +185,12 @@ class Processes:
     def of(cls, gateway_pid: int, server_pid: int) -> Processes:
         """The gateway, `bentoml serve`'s arbiter and its workers (front: `Classifier`, model: `TwoStageModel`)."""
         roles = {LOAD_GENERATOR: psutil.Process(), "gateway": psutil.Process(gateway_pid)}
-        arbiter = psutil.Process(server_pid)
-        roles["bentoml arbiter"] = arbiter
-        names = {"fieldguide": "HTTP front", "fieldguide-model": "model worker"}  # bentos/service.py's services
-        for child in sorted(arbiter.children(recursive=True), key=lambda p: p.pid):
-            cmd = child.cmdline()
-            name = cmd[cmd.index("--service-name") + 1] if "--service-name" in cmd else "other"
-            role = names.get(name, name)
-            if role == "HTTP front":
-                role = f"HTTP front {sum(r.startswith('HTTP front') for r in roles) + 1}"
-            roles[role] = child
+        roles["bentoml arbiter"] = psutil.Process(server_pid)
+        workers = service_workers(server_pid)
+        roles |= {f"HTTP front {i}": front for i, front in enumerate(workers.pop("fieldguide", []), 1)}
+        models = workers.pop("fieldguide-model", [])
+        roles |= {("model worker" if i == 1 else f"model worker {i}"): m for i, m in enumerate(models, 1)}
+        roles |= {f"{name} {p.pid}": p for name, procs in workers.items() for p in procs}
         return cls(roles)
 
     def cpu(self) -> dict[str, float]:
@@ -206,8 +203,7 @@ class Processes:
 
     def fronts_with_torch(self) -> list[str]:
         """The HTTP front processes that have torch's library mapped (none may: the front imports no torch)."""
-        fronts = [(role, p) for role, p in self.roles.items() if role.startswith("HTTP front")]
-        return [role for role, p in fronts if any("libtorch" in m.path for m in p.memory_maps(grouped=True))]
+        return [role for role, p in self.roles.items() if role.startswith("HTTP front") and torch_loaded(p)]
 
 
 def profiled(url: str, images: list[bytes], clients: int, seconds: float, procs: Processes) -> dict:

@@ -49,6 +49,7 @@ def uploads(demo_catalog: Path) -> list[bytes]:
         buf = io.BytesIO()
         img.save(buf, format="PNG" if i % 2 else "JPEG", quality=90)
         out.append(buf.getvalue())
+    assert len(out) == 22, len(out)
     return out
 
 

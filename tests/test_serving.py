@@ -423,17 +423,20 @@ def resident_mb(processes: list) -> float:
 
 def test_http_fronts_of_production_carry_no_torch(production, url, images):
     """Issue 20, acceptance 3: the live HTTP front processes have no torch library mapped (the model worker has)."""
-    with httpx.Client(timeout=30) as client:
-        assert classify(client, url, images[0]).status_code == 200  # both services have served
-    workers = {}
-    for process in serving_processes()["service"]:
-        cmd = process.cmdline()
-        if "--service-name" in cmd:
-            workers.setdefault(cmd[cmd.index("--service-name") + 1], []).append(process)
-    torch_in = lambda p: any("libtorch" in m.path for m in p.memory_maps(grouped=True))  # noqa: E731
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fieldguide.serve.servers import ServingState, service_workers, torch_loaded
+    from fieldguide.serve.supervise import Supervisor
+    from registry.promotion import serving_dir
+
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(8) as pool:  # concurrent: both fronts answer
+        statuses = list(pool.map(lambda i: classify(client, url, images[i % len(images)]).status_code, range(32)))
+    assert statuses == [200] * 32
+    production = ServingState.load(serving_dir()).production
+    workers = service_workers(Supervisor(serving_dir()).status(production.program).pid)
     assert len(workers["fieldguide"]) == 2 and len(workers["fieldguide-model"]) == 1, workers
-    assert not [p.pid for p in workers["fieldguide"] if torch_in(p)]
-    assert torch_in(workers["fieldguide-model"][0])
+    assert not [p.pid for p in workers["fieldguide"] if torch_loaded(p)]
+    assert torch_loaded(workers["fieldguide-model"][0])
     assert all(p.memory_full_info().pss < 250 * 2**20 for p in workers["fieldguide"])
 
 

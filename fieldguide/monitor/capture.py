@@ -170,8 +170,10 @@ class SampleStore:
     by the upload's sha256, stored without metadata (re-encoded: no EXIF, no location), with a JSON sidecar naming
     the requests and why they were kept; both go after `retention_days`. Calls are serialized within the process
     and each area's usage is kept in memory (re-read from disk by every sweep), so a request never walks the disk
-    unless its photo would cross the cap. Two servers of one role (during a blue/green switch) see each other's
-    writes at their next sweep, within seconds.
+    unless its photo would cross the cap. Every front process of a server (two by default), and both servers of a
+    role during a blue/green switch, share the areas: each sees the others' writes at its next sweep (every 5 s at
+    most), so a cap can be overshot by that many seconds of the other processes' photos. A kept photo's sidecar is
+    rewritten under a file lock, so two processes sampling the same photo both record their request.
     """
 
     EXTENSIONS = ("jpg", "png", "webp")
@@ -205,7 +207,7 @@ class SampleStore:
 
         Returns False when it cannot fit the cap (which counts the photos and their sidecars).
         """
-        with self._lock:
+        with self._lock, _file_lock(self.sample_dir.with_name("samples.lock")):
             image = self.kept(sha256)
             new = image is None
             if new:
@@ -325,6 +327,20 @@ def _files(area: Path) -> list[tuple[float, int, Path]]:
                 out.append((st.st_mtime, st.st_size, path))
     out.sort()
     return out
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (flock on `path`), held for the block."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -45,6 +45,13 @@ class ServingConfig:
     # HTTP front processes (decode, preprocess, record): one is bound by its GIL well before the model service.
     front_workers: int = 2
 
+    def __post_init__(self) -> None:
+        if self.front_workers < 1 or self.model_threads < 0:
+            raise FieldguideError(
+                f"serving: front_workers must be ≥ 1 and model_threads ≥ 0 (0: torch's default), got "
+                f"{self.front_workers} and {self.model_threads}"
+            )
+
 
 @dataclass
 class Release:

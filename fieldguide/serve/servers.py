@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -253,6 +254,26 @@ def stop(server: Server | None, grace_s: float = STOP_GRACE_S) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _reap(pid)
+
+
+def service_workers(pid: int) -> dict[str, list[Any]]:
+    """The BentoML worker processes (psutil) under `pid` (a `bentoml serve` or its supervisor), by service name.
+
+    bentos/service.py's services: `fieldguide` (the HTTP fronts) and `fieldguide-model` (the model worker).
+    """
+    import psutil
+
+    workers: dict[str, list[Any]] = {}
+    for child in sorted(psutil.Process(pid).children(recursive=True), key=lambda c: c.pid):
+        cmd = child.cmdline()
+        if "--service-name" in cmd:
+            workers.setdefault(cmd[cmd.index("--service-name") + 1], []).append(child)
+    return workers
+
+
+def torch_loaded(process: Any) -> bool:
+    """Whether a process (psutil) has torch's library mapped (the HTTP front must not)."""
+    return any("libtorch" in m.path for m in process.memory_maps(grouped=True))
 
 
 def process_tree(pid: int) -> list[int]:
