@@ -21,7 +21,7 @@ async def echo(request: web.Request) -> web.Response:
 
 
 async def slow(request: web.Request) -> web.Response:
-    await asyncio.sleep(3)
+    await asyncio.sleep(1.5)  # past the gateway's 1 s upstream timeout
     return web.json_response({})
 
 
