@@ -32,19 +32,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from fieldguide.serve.edge import RAW_UPLOADS, REQUEST_ID, UPLOADS, WARM_UP, UploadEdge
-from fieldguide.serve.release import MAX_BATCH_SIZE
+from fieldguide.serve.front import BadRequest
+from fieldguide.serve.release import MAX_BATCH_SIZE, ServingConfig
 
 RELEASE = bentoml.models.BentoModel(os.environ.get("FIELDGUIDE_RELEASE", "fieldguide-release:latest"))
 # The batcher's latency budget (the release's serving.max_latency_ms, passed by the server starter).
-MAX_LATENCY_MS = int(os.environ.get("FIELDGUIDE_MAX_LATENCY_MS", "1000"))
+MAX_LATENCY_MS = int(os.environ.get("FIELDGUIDE_MAX_LATENCY_MS", ServingConfig.max_latency_ms))
 # HTTP front processes (the release's serving.front_workers, passed by the server starter).
-FRONT_WORKERS = int(os.environ.get("FIELDGUIDE_FRONT_WORKERS", "2"))
+FRONT_WORKERS = int(os.environ.get("FIELDGUIDE_FRONT_WORKERS", ServingConfig.front_workers))
 FORWARD_ATTEMPTS = 3
 
 # Only GET /release; BentoML's own OpenAPI page (at /) documents /classify.
@@ -224,10 +226,6 @@ class Classifier:
 
     async def _answer(self, data: bytes, headers: Any) -> tuple[int, dict[str, Any], int]:
         """(status, JSON body, Retry-After seconds) for one uploaded image: decode, preprocess, forward, record."""
-        import aiohttp
-
-        from fieldguide.serve.front import BadRequest
-
         start = time.perf_counter()
         rid = headers.get(REQUEST_ID, "")
         try:
@@ -283,16 +281,15 @@ class Classifier:
 
     async def _forward(self, x: np.ndarray) -> np.ndarray:
         """The model service's forward, retried when its keep-alive connection drops (the call is idempotent)."""
-        import aiohttp
-
         call = self.model.to_async.forward_batched if self.view.config.batching else self.model.to_async.forward_single
         for attempt in range(FORWARD_ATTEMPTS):
             try:
                 return await call(x)
             except (aiohttp.ClientConnectionError, RuntimeError) as exc:
-                # BentoML 1.4.40's service-to-service client does not retry a pooled connection the model
-                # service has just closed; under load that surfaces as "Server disconnected" or aiohttp's
-                # RuntimeError("Connection closed.").
+                # BentoML 1.4.40's service-to-service client retries nothing: a pooled connection the model
+                # service closed while idle surfaces as "Server disconnected", and its session replacement (once
+                # per runner_connection.max_age, set on TwoStageModel) closes calls still on the old session with
+                # aiohttp's RuntimeError("Connection closed.").
                 stale = not isinstance(exc, RuntimeError) or str(exc).startswith("Connection closed")
                 if not stale or attempt == FORWARD_ATTEMPTS - 1:
                     raise
