@@ -46,13 +46,13 @@ class ReleaseView:
         self.config = self.release.serving
         router_meta = json.loads((folder / ModelKey.router().name / MODEL_META).read_text())
         self.groups: list[str] = list(router_meta["classes"])
-        self.data_config: dict[str, Any] = router_meta["data_config"]
-        self.transform = EvalTransform.of(self.data_config)
+        data_config = router_meta["data_config"]
+        self.transform = EvalTransform.of(data_config)
         self.species: list[str] = []
         self.species_of: dict[int, list[int]] = {}
         for g, group in enumerate(self.groups):
             meta = json.loads((folder / ModelKey.child(group).name / MODEL_META).read_text())
-            if meta["data_config"] != self.data_config:
+            if meta["data_config"] != data_config:
                 raise FieldguideError(f"{ModelKey.child(group)} was trained with another input size than the router")
             self.species_of[g] = list(range(len(self.species), len(self.species) + len(meta["classes"])))
             self.species += meta["classes"]
