@@ -25,7 +25,7 @@ def combine(
 
     Args:
         p_group: (N, G) router probabilities.
-        p_child: group id → (N, S_g) child probabilities (every row, whatever its group).
+        p_child: group id → (N, S_g) child probabilities; only groups and rows that are routed are read.
         species_of: group id → the global species id of each child label.
         n_species: number of species overall.
         k: groups kept per row (1 is plain routing).

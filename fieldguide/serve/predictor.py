@@ -107,12 +107,10 @@ class TwoStagePredictor(ReleaseView):
         routed = routes(p_group, k)
         p_child: dict[int, np.ndarray] = {}
         child_pre: dict[int, np.ndarray] = {}
-        for g, species in self.species_of.items():
+        for g in np.unique(routed).tolist():  # groups no row is routed to are never summed: never run
             rows = np.flatnonzero((routed == g).any(axis=1))
-            p_child[g] = np.zeros((len(x), len(species)), np.float32)
-            if not len(rows):
-                continue
             logits, pre = forward_with_embedding(self._child(self.groups[g]).model, x[torch.from_numpy(rows)])
+            p_child[g] = np.zeros((len(x), len(self.species_of[g])), np.float32)
             p_child[g][rows] = logits.softmax(1).numpy()
             child_pre[g] = np.zeros((len(x), pre.shape[1]), np.float32)
             child_pre[g][rows] = pre.numpy()
