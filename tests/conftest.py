@@ -41,6 +41,11 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
+def moto_env(url: str, region: str = "us-east-1") -> dict[str, str]:
+    """The environment that points boto3 (in this process or a subprocess) at moto's server at `url`."""
+    return {**MOTO_CREDENTIALS, "AWS_DEFAULT_REGION": region, "AWS_ENDPOINT_URL": url}
+
+
 def moto_client(service: str, url: str, region: str = "us-east-1") -> Any:
     """A boto3 client of `service` talking to moto's server at `url`."""
     import boto3

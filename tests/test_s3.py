@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from tests.conftest import MOTO_CREDENTIALS, moto_client, moto_server, run_cli
+from tests.conftest import moto_client, moto_env, moto_server, run_cli
 
 
 @pytest.fixture(scope="module")
 def s3(demo_catalog):
     with moto_server() as url:
-        env = {"AWS_ENDPOINT_URL": url, **MOTO_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+        env = moto_env(url)
         client = moto_client("s3", url)
         client.create_bucket(Bucket="plants")
         root = demo_catalog.parent

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from botocore.stub import ANY, Stubber
 
-from tests.conftest import MOTO_CREDENTIALS, ROOT, deploy_config, moto_client, moto_server
+from tests.conftest import ROOT, deploy_config, moto_client, moto_env, moto_server
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -96,7 +96,7 @@ def aws():
     from fieldguide.serve import endpoints
 
     with moto_server() as url, pytest.MonkeyPatch.context() as mp:
-        for key, value in {**MOTO_CREDENTIALS, "AWS_DEFAULT_REGION": REGION}.items():
+        for key, value in moto_env(url, REGION).items():
             mp.setenv(key, value)
         state = Aws(url)
         state.clients.ecr.create_repository(repositoryName="fieldguide")
@@ -274,8 +274,7 @@ def test_status_reads_the_endpoints(aws, rollouts, config):
     from tests.conftest import run_cli
 
     ids, _ = rollouts
-    env = {"AWS_ENDPOINT_URL": aws.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    res = run_cli("status", "--config", str(config), env=env)
+    res = run_cli("status", "--config", str(config), env=moto_env(aws.url, REGION))
     assert res.returncode == 0, res.stderr
     assert "production   fieldguide-production" in res.stdout and ids[1] in res.stdout and "InService" in res.stdout
 

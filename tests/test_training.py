@@ -102,7 +102,7 @@ def s3_test_stack(url: str) -> dict[str, str]:
     from zenml.client import Client
 
     from stacks import register_stack
-    from tests.conftest import MOTO_CREDENTIALS
+    from tests.conftest import moto_env
 
     spec = {
         "name": "fieldguide-s3-test",
@@ -117,7 +117,7 @@ def s3_test_stack(url: str) -> dict[str, str]:
         },
     }
     stack_id = str(Client().get_stack(register_stack(spec)).id)
-    aws = {**MOTO_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}
+    aws = moto_env(url)
     return {**aws, "ZENML_ACTIVE_STACK_ID": stack_id}
 
 
